@@ -1,0 +1,223 @@
+"""Django admin for the commune core.
+
+Admin changes are audited like member changes, and membership decisions go through the same
+services as the panel's pages, so that the rules hold whichever door an admin uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db import models, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from panel import services
+from panel.audit import audit_record, snapshot
+from panel.models import (
+    Application,
+    AuditEntry,
+    Heartbeat,
+    Membership,
+    MembershipEvent,
+    Share,
+    Statutes,
+    User,
+)
+
+SECRET_FIELDS = {"password"}
+
+
+def _audit_fields(model: type[models.Model]) -> list[str]:
+    return [
+        f.name
+        for f in model._meta.concrete_fields
+        if f.name not in SECRET_FIELDS and not f.primary_key
+    ]
+
+
+class AuditedModelAdmin(admin.ModelAdmin):
+    """Writes an audit row for every add, change and delete made in the admin."""
+
+    def audit_owner(self, obj: Any) -> User | None:
+        owner = getattr(obj, "user", None)
+        return owner if isinstance(owner, User) else None
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        fields = _audit_fields(type(obj))
+        with transaction.atomic():
+            before = (
+                snapshot(type(obj)._default_manager.get(pk=obj.pk), fields) if change else None
+            )
+            super().save_model(request, obj, form, change)
+            after = snapshot(obj, fields)
+            if SECRET_FIELDS & set(form.changed_data):
+                after = {**(after or {}), "password": "(changed)"}
+            audit_record(
+                actor=request.user,  # type: ignore[arg-type]
+                action=f"admin.{'changed' if change else 'added'}",
+                obj=obj,
+                owner=self.audit_owner(obj),
+                before=before,
+                after=after,
+            )
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with transaction.atomic():
+            audit_record(
+                actor=request.user,  # type: ignore[arg-type]
+                action="admin.deleted",
+                obj=obj,
+                owner=self.audit_owner(obj),
+                before=snapshot(obj, _audit_fields(type(obj))),
+            )
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        with transaction.atomic():
+            for obj in queryset:
+                self.delete_model(request, obj)
+
+
+@admin.register(User)
+class UserAdmin(AuditedModelAdmin, DjangoUserAdmin):
+    ordering = ("email",)
+    list_display = ("email", "first_name", "last_name", "is_staff", "is_active", "date_joined")
+    search_fields = ("email", "first_name", "last_name")
+    fieldsets = (
+        (None, {"fields": ("email", "password", "language")}),
+        ("Personal", {"fields": ("first_name", "last_name")}),
+        ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+    def audit_owner(self, obj: Any) -> User | None:
+        return obj if isinstance(obj, User) else None
+
+
+class StatutesForm(forms.ModelForm):
+    class Meta:
+        model = Statutes
+        fields = ("title", "text")
+
+
+@admin.register(Statutes)
+class StatutesAdmin(admin.ModelAdmin):
+    """New versions only: applicants agreed to the exact text of an earlier version."""
+
+    form = StatutesForm
+    list_display = ("version", "title", "published_at", "published_by")
+    readonly_fields = ("version", "published_at", "published_by")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        published = services.statutes_publish(
+            actor=request.user,  # type: ignore[arg-type]
+            title=form.cleaned_data["title"],
+            text=form.cleaned_data["text"],
+        )
+        obj.pk = published.pk
+
+
+class ReasonActionForm(helpers.ActionForm):
+    reason = forms.CharField(required=False, label="Reason", max_length=2000)
+
+
+class MembershipEventInline(admin.TabularInline):
+    model = MembershipEvent
+    extra = 0
+    can_delete = False
+    readonly_fields = ("at", "from_status", "to_status", "actor", "reason")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ("name", "user", "status", "status_since")
+    list_filter = ("status",)
+    search_fields = ("name", "user__email")
+    readonly_fields = ("user", "status", "name", "status_since", "created_at")
+    inlines = (MembershipEventInline,)
+    action_form = ReasonActionForm
+    actions = ("suspend", "reinstate", "end_membership")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def _run(self, request: HttpRequest, queryset: QuerySet[Membership], action: Any) -> None:
+        reason = request.POST.get("reason", "")
+        for membership in queryset.select_related("user"):
+            try:
+                action(user=membership.user, actor=request.user, reason=reason)
+            except services.MembershipError as exc:
+                self.message_user(request, f"{membership.name}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{membership.name}: done", messages.SUCCESS)
+
+    @admin.action(description="Suspend selected memberships (reason required)")
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        self._run(request, queryset, services.membership_suspend)
+
+    @admin.action(description="Reinstate selected suspended memberships")
+    def reinstate(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        self._run(request, queryset, services.membership_reinstate)
+
+    @admin.action(description="End selected memberships (cancels the share)")
+    def end_membership(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        self._run(request, queryset, services.membership_leave)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Application)
+class ApplicationAdmin(ReadOnlyAdmin):
+    """Decisions are taken in the panel's queue (Applications), which uses the services."""
+
+    list_display = ("name", "user", "state", "submitted_at", "decided_by", "decided_at")
+    list_filter = ("state",)
+    search_fields = ("name", "user__email")
+
+
+@admin.register(Share)
+class ShareAdmin(ReadOnlyAdmin):
+    list_display = ("id", "user", "issued_at", "cancelled_at")
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    list_display = ("at", "actor_label", "action", "object_repr", "owner")
+    list_filter = ("action", "actor_is_admin")
+    search_fields = ("actor_label", "object_repr", "action")
+    date_hierarchy = "at"
+
+
+@admin.register(Heartbeat)
+class HeartbeatAdmin(ReadOnlyAdmin):
+    list_display = ("name", "at")
+
+
+admin.site.site_header = "Commune panel administration"

@@ -1,0 +1,24 @@
+"""The Celery application; tasks are found in each app's ``tasks`` module."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.schedules import crontab
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "panel.settings")
+
+app = Celery("panel")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# Every periodic job of the project, in one place. Names, not imports: `panel` must not import
+# the service apps, whose jobs are added here by name as they arrive.
+app.conf.beat_schedule = {
+    "heartbeat": {"task": "panel.tasks.heartbeat", "schedule": 60.0},
+    "purge-expired-sessions": {
+        "task": "panel.tasks.purge_expired_sessions",
+        "schedule": crontab(hour="3", minute="17"),
+    },
+}

@@ -45,7 +45,9 @@ ensure_venv() {
   if [ -f "$stamp" ] && grep -qx "$want ${extras:-base}" "$stamp"; then return 0; fi
   if [ -z "$extras" ] && [ -f "$stamp" ] && grep -q "^$want " "$stamp"; then return 0; fi
   say "installing the panel into $VENV${extras:+ (with $extras extras)}"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip >"$VENV/pip.log" 2>&1 \
+    && "$VENV/bin/python" -m pip install --disable-pip-version-check -e ".${extras:+[$extras]}" \
+      >>"$VENV/pip.log" 2>&1 \
+    || { tail -n 40 "$VENV/pip.log" >&2; die "pip install failed (whole log: $VENV/pip.log)"; }
   echo "$want ${extras:-base}" > "$stamp"
 }

@@ -1,0 +1,256 @@
+"""Fixtures shared by the whole suite.
+
+Named people: alice owns things, bob is another member, carol is an admin, dave applied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+
+from panel import services
+from panel.celery import app as celery_app
+from panel.models import Application, Statutes, User
+from tests.factories import PASSWORD, StatutesFactory, UserFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if "postgresql" not in engine:
+        raise pytest.UsageError(
+            "the suite runs against PostgreSQL; set DATABASE_URL=postgres://... "
+            f"(bin/test does it), not {engine}"
+        )
+    # The test client and the live server speak plain HTTP on loopback; production keeps the
+    # secure defaults, which test_deploy_check checks in a separate process.
+    settings.SECURE_SSL_REDIRECT = False
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    settings.SECURE_HSTS_SECONDS = 0
+    settings.PANEL_BASE_URL = "http://testserver"
+    # In-process tasks run eagerly; tests marked `worker` switch to a real worker and broker.
+    celery_app.conf.task_always_eager = True
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> Iterator[None]:
+    # allauth's rate limits live in the cache; one test must not throttle the next.
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def statutes(db: None) -> Statutes:
+    return StatutesFactory()
+
+
+@pytest.fixture
+def carol(db: None) -> User:
+    return UserFactory(email="carol@example.org", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def alice(db: None, statutes: Statutes, carol: User) -> User:
+    return make_member("alice@example.org", statutes=statutes, admin=carol)
+
+
+@pytest.fixture
+def bob(db: None, statutes: Statutes, carol: User) -> User:
+    return make_member("bob@example.org", statutes=statutes, admin=carol)
+
+
+@pytest.fixture
+def dave(db: None, statutes: Statutes) -> User:
+    """Signed up and applied; waiting for a decision."""
+    user = UserFactory(email="dave@example.org")
+    services.membership_apply(user=user, name="Dave Applicant", statement="Hi", statutes=statutes)
+    return user
+
+
+def make_member(email: str, *, statutes: Statutes, admin: User) -> User:
+    user = UserFactory(email=email)
+    application = services.membership_apply(
+        user=user, name=email.split("@")[0].title(), statement="Count me in.", statutes=statutes
+    )
+    services.membership_approve(application=application, actor=admin)
+    return user
+
+
+def pending_application(user: User) -> Application:
+    return Application.objects.get(user=user, state="pending")
+
+
+@pytest.fixture
+def login(client):  # type: ignore[no-untyped-def]
+    def _login(user: User):  # type: ignore[no-untyped-def]
+        client.force_login(user)
+        return client
+
+    return _login
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# SMTP ------------------------------------------------------------------------------------
+
+
+class SmtpSink:
+    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[Message] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def] # noqa: N802
+                with sink._lock:
+                    sink.messages.append(message_from_bytes(envelope.content))
+                return "250 OK"
+
+        # aiosmtpd cannot bind port 0 itself (it probes the port it was given).
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def wait_for(self, to: str, *, subject_has: str = "", timeout: float = 10.0) -> Message:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for msg in self.messages:
+                    if to in msg["To"] and subject_has in msg["Subject"]:
+                        return msg
+            time.sleep(0.05)
+        raise AssertionError(f"no email to {to} with {subject_has!r} within {timeout}s")
+
+
+@pytest.fixture
+def smtp(settings) -> Iterator[SmtpSink]:  # type: ignore[no-untyped-def]
+    sink = SmtpSink()
+    sink.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = sink.port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    yield sink
+    sink.stop()
+
+
+def text_and_html(message: Message) -> tuple[str, str]:
+    """The text and HTML parts of a message; fails unless it has both."""
+    parts = {
+        part.get_content_type(): part.get_payload(decode=True).decode()  # type: ignore[union-attr]
+        for part in message.walk()
+        if not part.is_multipart()
+    }
+    assert set(parts) == {"text/plain", "text/html"}, f"parts: {sorted(parts)}"
+    return parts["text/plain"], parts["text/html"]
+
+
+def first_link(text: str) -> str:
+    match = re.search(r"https?://\S+", text)
+    assert match, f"no link in {text!r}"
+    return match.group(0)
+
+
+# A real Celery worker --------------------------------------------------------------------
+
+
+class WorkerProcess:
+    def __init__(self, proc: subprocess.Popen[bytes], hostname: str, log: Path) -> None:
+        self.proc, self.hostname, self.log = proc, hostname, log
+
+
+@pytest.fixture
+def celery_worker(transactional_db: None, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A real worker process on the real broker, reading the test database.
+
+    The queue name is unique per test, so that nothing else on the broker is consumed and
+    nothing of ours is left behind for another worker.
+    """
+    broker = settings.CELERY_BROKER_URL
+    if not broker.startswith(("redis://", "amqp://")):
+        pytest.fail(f"worker tests need a real broker; CELERY_BROKER_URL is {broker!r}")
+    db = connection.settings_dict
+    database_url = (
+        f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    )
+    queue = f"test-{uuid.uuid4().hex[:10]}"
+    hostname = f"{queue}@localhost"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CELERY_TASK_DEFAULT_QUEUE": queue,
+        "PANEL_STATE_DIR": str(tmp_path / "state"),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "EMAIL_URL": "locmem:",
+    }
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "panel", "worker", "--loglevel", "INFO",
+             "--concurrency", "2", "--hostname", hostname, "--queues", queue,
+             "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    old = (celery_app.conf.task_always_eager, celery_app.conf.task_default_queue)
+    celery_app.conf.task_always_eager = False
+    celery_app.conf.task_default_queue = queue
+    try:
+        deadline = time.monotonic() + 60
+        while not celery_app.control.ping(destination=[hostname], timeout=0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{log.read_text()[-4000:]}")
+        yield WorkerProcess(proc, hostname, log)
+    finally:
+        celery_app.conf.task_always_eager, celery_app.conf.task_default_queue = old
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # Drop the per-test queue from the broker.
+        with celery_app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+__all__ = ["PASSWORD", "first_link", "pending_application", "text_and_html"]

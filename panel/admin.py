@@ -12,12 +12,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from panel import services
-from panel.audit import audit_record, snapshot
+from panel.admin_site import AuditedModelAdmin
 from panel.models import (
     Application,
     AuditEntry,
@@ -28,60 +27,6 @@ from panel.models import (
     Statutes,
     User,
 )
-
-SECRET_FIELDS = {"password"}
-
-
-def _audit_fields(model: type[models.Model]) -> list[str]:
-    return [
-        f.name
-        for f in model._meta.concrete_fields
-        if f.name not in SECRET_FIELDS and not f.primary_key
-    ]
-
-
-class AuditedModelAdmin(admin.ModelAdmin):
-    """Writes an audit row for every add, change and delete made in the admin."""
-
-    def audit_owner(self, obj: Any) -> User | None:
-        owner = getattr(obj, "user", None)
-        return owner if isinstance(owner, User) else None
-
-    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        fields = _audit_fields(type(obj))
-        with transaction.atomic():
-            before = (
-                snapshot(type(obj)._default_manager.get(pk=obj.pk), fields) if change else None
-            )
-            super().save_model(request, obj, form, change)
-            after = snapshot(obj, fields)
-            if SECRET_FIELDS & set(form.changed_data):
-                after = {**(after or {}), "password": "(changed)"}
-            audit_record(
-                actor=request.user,  # type: ignore[arg-type]
-                action=f"admin.{'changed' if change else 'added'}",
-                obj=obj,
-                owner=self.audit_owner(obj),
-                before=before,
-                after=after,
-            )
-
-    def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        with transaction.atomic():
-            audit_record(
-                actor=request.user,  # type: ignore[arg-type]
-                action="admin.deleted",
-                obj=obj,
-                owner=self.audit_owner(obj),
-                before=snapshot(obj, _audit_fields(type(obj))),
-            )
-            super().delete_model(request, obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        with transaction.atomic():
-            for obj in queryset:
-                self.delete_model(request, obj)
-
 
 @admin.register(User)
 class UserAdmin(AuditedModelAdmin, DjangoUserAdmin):
@@ -109,6 +54,8 @@ class StatutesForm(forms.ModelForm):
 @admin.register(Statutes)
 class StatutesAdmin(admin.ModelAdmin):
     """New versions only: applicants agreed to the exact text of an earlier version."""
+
+    audit_in_services = True  # statutes_publish writes the audit row
 
     form = StatutesForm
     list_display = ("version", "title", "published_at", "published_by")
@@ -145,6 +92,7 @@ class MembershipEventInline(admin.TabularInline):
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
+    audit_in_services = True  # the actions call the membership services, which audit
     list_display = ("name", "user", "status", "status_since")
     list_filter = ("status",)
     search_fields = ("name", "user__email")
@@ -220,4 +168,3 @@ class HeartbeatAdmin(ReadOnlyAdmin):
     list_display = ("name", "at")
 
 
-admin.site.site_header = "Commune panel administration"

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin.apps import AdminConfig
 
 
 class PanelConfig(AppConfig):
@@ -7,3 +8,7 @@ class PanelConfig(AppConfig):
 
     def ready(self) -> None:
         from panel import signals  # noqa: F401  (connects the audit receivers)
+
+
+class PanelAdminConfig(AdminConfig):
+    default_site = "panel.admin_site.PanelAdminSite"

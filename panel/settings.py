@@ -47,7 +47,7 @@ INSTALLED_APPS = [
     "provisioning.apps.ProvisioningConfig",
     "telephony.apps.TelephonyConfig",
     "newsletters.apps.NewslettersConfig",
-    "django.contrib.admin",
+    "panel.apps.PanelAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

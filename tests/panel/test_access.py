@@ -1,0 +1,111 @@
+"""Every member-facing URL: login required, membership where it orders services, and another
+member's object is a 404.
+
+The walk covers every URL the project defines; a new URL that is not classified here fails
+the test, so that nobody adds a page and forgets to decide who may see it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from panel.models import Application
+from tests.conftest import pending_application
+
+PUBLIC = {"home", "healthz", "set_language"}
+# URL names that order or manage services: members in good standing only.
+MEMBERS_ONLY = {"provisioning:index", "newsletters:index", "telephony:index"}
+STAFF_ONLY = {"staff_applications", "staff_application_decide", "staff_status"}
+# Third-party URL sets with their own access rules (allauth's flows, Django's admin).
+FOREIGN_PREFIXES = ("accounts/", "admin/")
+
+
+def project_urls() -> list[tuple[str, URLPattern]]:
+    found: list[tuple[str, URLPattern]] = []
+
+    def walk(patterns, prefix: str, namespace: str | None) -> None:  # type: ignore[no-untyped-def]
+        for p in patterns:
+            route = prefix + str(p.pattern)
+            if route.startswith(FOREIGN_PREFIXES):
+                continue
+            if isinstance(p, URLResolver):
+                walk(p.url_patterns, route, p.namespace or namespace)
+            else:
+                name = f"{namespace}:{p.name}" if namespace else p.name
+                found.append((name, p))
+
+    walk(get_resolver().url_patterns, "", None)
+    return found
+
+
+def url_for(name: str, alice_application: Application, other_application: Application) -> str:
+    if name == "application_detail":
+        return reverse(name, args=[alice_application.pk])
+    if name == "staff_application_decide":
+        return reverse(name, args=[other_application.pk])
+    return reverse(name)
+
+
+@pytest.fixture
+def objects(alice, dave):  # type: ignore[no-untyped-def]
+    return Application.objects.get(user=alice), pending_application(dave)
+
+
+def test_every_project_url_is_classified():
+    names = {name for name, _ in project_urls()}
+    member_pages = {
+        "dashboard", "membership", "membership_apply", "application_detail",
+        "membership_leave", "activity", "billing", "commune",
+    }
+    unknown = names - PUBLIC - MEMBERS_ONLY - STAFF_ONLY - member_pages
+    assert not unknown, f"classify these URLs in test_access.py: {sorted(unknown)}"
+
+
+def test_anonymous_is_sent_to_login_everywhere_but_public_pages(client, objects):
+    for name, _pattern in project_urls():
+        if name in PUBLIC:
+            continue
+        url = url_for(name, *objects)
+        response = client.get(url)
+        assert response.status_code == 302, (name, response.status_code)
+        assert response["Location"].startswith(reverse("account_login")), name
+
+
+def test_services_are_for_members_in_good_standing(client, alice, dave, carol):
+    from panel import services
+
+    for name in MEMBERS_ONLY:
+        client.force_login(dave)
+        response = client.get(reverse(name))
+        assert response.status_code == 403, name
+        assert "Only members in good standing" in response.content.decode()
+        client.force_login(alice)
+        assert client.get(reverse(name)).status_code == 200, name
+    services.membership_suspend(user=alice, actor=carol, reason="test")
+    for name in MEMBERS_ONLY:
+        assert client.get(reverse(name)).status_code == 403, name
+
+
+def test_staff_pages_refuse_members(client, alice, objects):
+    client.force_login(alice)
+    for name in STAFF_ONLY:
+        response = client.get(url_for(name, *objects))
+        assert response.status_code in (403, 405), name
+
+
+def test_another_members_application_is_a_404(client, alice, bob):
+    alices = Application.objects.get(user=alice)
+    client.force_login(bob)
+    response = client.get(reverse("application_detail", args=[alices.pk]))
+    assert response.status_code == 404
+    assert "not yours" in response.content.decode()
+    client.force_login(alice)
+    assert client.get(reverse("application_detail", args=[alices.pk])).status_code == 200
+
+
+def test_error_pages_are_friendly(client, alice):
+    client.force_login(alice)
+    response = client.get("/no/such/page/")
+    assert response.status_code == 404
+    assert "There is nothing here" in response.content.decode()

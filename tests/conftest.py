@@ -193,12 +193,14 @@ class WorkerProcess:
         self.proc, self.hostname, self.log = proc, hostname, log
 
 
-@pytest.fixture
-def celery_worker(transactional_db: None, tmp_path: Path) -> Iterator[WorkerProcess]:
+@pytest.fixture(scope="session")
+def celery_worker_process(
+    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
     """A real worker process on the real broker, reading the test database.
 
-    The queue name is unique per test, so that nothing else on the broker is consumed and
-    nothing of ours is left behind for another worker.
+    One per test session (starting one costs seconds). Its queue name is unique, so that
+    nothing else on the broker is consumed and nothing of ours is left for another worker.
     """
     broker = settings.CELERY_BROKER_URL
     if not broker.startswith(("redis://", "amqp://")):
@@ -209,15 +211,16 @@ def celery_worker(transactional_db: None, tmp_path: Path) -> Iterator[WorkerProc
     )
     queue = f"test-{uuid.uuid4().hex[:10]}"
     hostname = f"{queue}@localhost"
+    tmp = tmp_path_factory.mktemp("worker")
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "CELERY_TASK_DEFAULT_QUEUE": queue,
-        "PANEL_STATE_DIR": str(tmp_path / "state"),
+        "PANEL_STATE_DIR": str(tmp / "state"),
         "SECRET_KEY": settings.SECRET_KEY,
         "EMAIL_URL": "locmem:",
     }
-    log = tmp_path / "worker.log"
+    log = tmp / "worker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "panel", "worker", "--loglevel", "INFO",
@@ -225,26 +228,37 @@ def celery_worker(transactional_db: None, tmp_path: Path) -> Iterator[WorkerProc
              "--without-gossip", "--without-mingle"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    old = (celery_app.conf.task_always_eager, celery_app.conf.task_default_queue)
-    celery_app.conf.task_always_eager = False
+    worker = WorkerProcess(proc, hostname, log)
+    old_queue = celery_app.conf.task_default_queue
     celery_app.conf.task_default_queue = queue
     try:
         deadline = time.monotonic() + 60
         while not celery_app.control.ping(destination=[hostname], timeout=0.5):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"worker did not start:\n{log.read_text()[-4000:]}")
-        yield WorkerProcess(proc, hostname, log)
+        yield worker
     finally:
-        celery_app.conf.task_always_eager, celery_app.conf.task_default_queue = old
+        celery_app.conf.task_default_queue = old_queue
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        # Drop the per-test queue from the broker.
         with celery_app.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
+
+
+@pytest.fixture
+def celery_worker(
+    celery_worker_process: WorkerProcess, transactional_db: None
+) -> Iterator[WorkerProcess]:
+    """The real worker, with tasks sent to it instead of run in-process; data is committed."""
+    celery_app.conf.task_always_eager = False
+    try:
+        yield celery_worker_process
+    finally:
+        celery_app.conf.task_always_eager = True
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.SESSION_COOKIE_SECURE = False
     settings.CSRF_COOKIE_SECURE = False
     settings.SECURE_HSTS_SECONDS = 0
+    settings.ACCOUNT_DEFAULT_HTTP_PROTOCOL = "http"
     settings.PANEL_BASE_URL = "http://testserver"
     # In-process tasks run eagerly; tests marked `worker` switch to a real worker and broker.
     celery_app.conf.task_always_eager = True

@@ -24,6 +24,7 @@ def field(bound: BoundField) -> dict[str, Any]:
     return {
         "field": bound,
         "widget": bound.as_widget(attrs=attrs),
+        "label": bound.label_tag(label_suffix=""),
         "is_checkbox": isinstance(bound.field.widget, CheckboxInput),
     }
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from panel.models import Membership, MembershipStatus
+from panel.models import Membership, MembershipStatus, User
 
 View = Callable[..., HttpResponse]
 
@@ -21,7 +21,8 @@ def member_required(view: View) -> View:
     @login_required
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        membership = Membership.objects.filter(user=request.user).only("status").first()
+        user = cast(User, request.user)  # login_required ran first
+        membership = Membership.objects.filter(user=user).only("status").first()
         if membership is None or membership.status != MembershipStatus.MEMBER:
             return render(
                 request, "panel/members_only.html", {"membership": membership}, status=403

@@ -28,6 +28,7 @@ from panel.models import (
     User,
 )
 
+
 @admin.register(User)
 class UserAdmin(AuditedModelAdmin, DjangoUserAdmin):
     ordering = ("email",)
@@ -36,7 +37,10 @@ class UserAdmin(AuditedModelAdmin, DjangoUserAdmin):
     fieldsets = (
         (None, {"fields": ("email", "password", "language")}),
         ("Personal", {"fields": ("first_name", "last_name")}),
-        ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+        (
+            "Permissions",
+            {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
+        ),
         ("Dates", {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
@@ -166,5 +170,3 @@ class AuditEntryAdmin(ReadOnlyAdmin):
 @admin.register(Heartbeat)
 class HeartbeatAdmin(ReadOnlyAdmin):
     list_display = ("name", "at")
-
-

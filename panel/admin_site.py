@@ -7,7 +7,7 @@ the audit log because someone forgot a mixin.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin
 from django.db import models, transaction
@@ -41,9 +41,7 @@ class AuditedModelAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         fields = _audit_fields(type(obj))
         with transaction.atomic():
-            before = (
-                snapshot(type(obj)._default_manager.get(pk=obj.pk), fields) if change else None
-            )
+            before = snapshot(type(obj)._default_manager.get(pk=obj.pk), fields) if change else None
             super().save_model(request, obj, form, change)
             after = snapshot(obj, fields)
             if SECRET_FIELDS & set(form.changed_data):
@@ -76,12 +74,15 @@ class AuditedModelAdmin(admin.ModelAdmin):
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         """Bulk actions change rows without save_model; audit each row they changed."""
         actions = super().get_actions(request)
-        if self.audit_in_services:
+        if self.audit_in_services or not actions:
             return actions
-        return {
-            name: (func if name == "delete_selected" else self._audited_action(func, name), n, d)
-            for name, (func, n, d) in actions.items()
-        }
+        audited: dict[str, Any] = {}
+        for name, entry in actions.items():
+            func, label, description = cast(tuple[Any, str, str], entry)
+            if name != "delete_selected":  # delete_queryset audits each row already
+                func = self._audited_action(func, name)
+            audited[name] = (func, label, description)
+        return audited
 
     def _audited_action(self, func: Any, name: str) -> Any:
         def run(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
@@ -106,7 +107,6 @@ class AuditedModelAdmin(admin.ModelAdmin):
             return result
 
         return run
-
 
 
 class PanelAdminSite(admin.AdminSite):

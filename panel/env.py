@@ -141,15 +141,21 @@ def parse_email_url(name: str, url: str) -> dict[str, object]:
     query = parse_qs(parts.query)
     unknown = set(query) - {"timeout"}
     if unknown:
-        raise ImproperlyConfigured(f"environment variable {name}: unknown options {sorted(unknown)}")
+        raise ImproperlyConfigured(
+            f"environment variable {name}: unknown options {sorted(unknown)}"
+        )
     try:
         timeout = int(query.get("timeout", ["10"])[0])
     except ValueError:
-        raise ImproperlyConfigured(f"environment variable {name}: timeout is not an integer") from None
+        raise ImproperlyConfigured(
+            f"environment variable {name}: timeout is not an integer"
+        ) from None
     config: dict[str, object] = {"EMAIL_BACKEND": EMAIL_BACKENDS[scheme], "EMAIL_TIMEOUT": timeout}
     if scheme == "file":
         if not parts.path.startswith("/"):
-            raise ImproperlyConfigured(f"environment variable {name}: file:// needs an absolute path")
+            raise ImproperlyConfigured(
+                f"environment variable {name}: file:// needs an absolute path"
+            )
         config["EMAIL_FILE_PATH"] = parts.path
     if scheme.startswith("smtp"):
         if not parts.hostname:

@@ -25,7 +25,10 @@ class ApplicationForm(forms.Form):
 class DecisionForm(forms.Form):
     decision = forms.ChoiceField(
         label=_("Decision"),
-        choices=[(ApplicationState.APPROVED, _("Approve")), (ApplicationState.DECLINED, _("Decline"))],
+        choices=[
+            (ApplicationState.APPROVED, _("Approve")),
+            (ApplicationState.DECLINED, _("Decline")),
+        ],
     )
     reason = forms.CharField(
         label=_("Reason (required to decline; sent to the applicant)"),

@@ -185,7 +185,9 @@ class Share(models.Model):
     what guarantees one active share per person, whatever the code above it does.
     """
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="shares")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="shares"
+    )
     application = models.OneToOneField(Application, on_delete=models.PROTECT, related_name="share")
     issued_at = models.DateTimeField(default=timezone.now)
     cancelled_at = models.DateTimeField(null=True, blank=True)

@@ -76,9 +76,7 @@ def dashboard_for(user: User) -> Dashboard:
     pending = next((a for a in applications if a.state == ApplicationState.PENDING), None)
     decided = next((a for a in applications if a.state != ApplicationState.PENDING), None)
     activity = list(audit_entries_for(user)[:6])
-    waiting = (
-        pending_applications().count() if user.has_perm("panel.decide_application") else None
-    )
+    waiting = pending_applications().count() if user.has_perm("panel.decide_application") else None
     return Dashboard(membership, share, pending, decided, activity, waiting)
 
 

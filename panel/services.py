@@ -114,7 +114,9 @@ def membership_apply(*, user: User, name: str, statement: str, statutes: Statute
                 agreed_at=timezone.now(),
             )
     except IntegrityError:
-        raise MembershipError(_("You already have an application waiting for a decision.")) from None
+        raise MembershipError(
+            _("You already have an application waiting for a decision.")
+        ) from None
     _transition(membership=membership, to=MembershipStatus.APPLICANT, actor=user)
     audit_record(
         actor=user,

@@ -119,7 +119,9 @@ if CACHE_URL.startswith("redis://"):
 elif CACHE_URL == "locmem://":
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 else:
-    raise ImproperlyConfigured(f"environment variable CACHE_URL={CACHE_URL!r}: use redis:// or locmem://")
+    raise ImproperlyConfigured(
+        f"environment variable CACHE_URL={CACHE_URL!r}: use redis:// or locmem://"
+    )
 
 # Accounts ------------------------------------------------------------------------------
 AUTH_USER_MODEL = "panel.User"
@@ -129,8 +131,10 @@ AUTHENTICATION_BACKENDS = [
 ]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
-     "OPTIONS": {"min_length": 10}},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 10},
+    },
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
@@ -199,9 +203,7 @@ X_FRAME_OPTIONS = "DENY"
 
 # Celery --------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost/")
-CELERY_RESULT_BACKEND = env_str(
-    "CELERY_RESULT_BACKEND", f"file://{STATE_DIR / 'celery-results'}"
-)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", f"file://{STATE_DIR / 'celery-results'}")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # The embedded broker of the demo: plain folders, no server to install.
     _broker_dir = STATE_DIR / "broker"

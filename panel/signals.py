@@ -17,13 +17,15 @@ def _user_of(request: HttpRequest | None, user: User | None) -> User | None:
     if user is not None:
         return user
     if request is not None and request.user.is_authenticated:
-        return request.user  # type: ignore[return-value]
+        return request.user
     return None
 
 
 @receiver(account_signals.user_signed_up)
 def _signed_up(sender: Any, request: HttpRequest, user: User, **kwargs: Any) -> None:
-    audit_record(actor=user, action="account.signed_up", obj=user, owner=user, after={"email": user.email})
+    audit_record(
+        actor=user, action="account.signed_up", obj=user, owner=user, after={"email": user.email}
+    )
 
 
 @receiver(account_signals.email_confirmed)
@@ -58,7 +60,9 @@ def _email_changed(
 
 
 @receiver(account_signals.email_added)
-def _email_added(sender: Any, request: HttpRequest, user: User, email_address: Any, **kw: Any) -> None:
+def _email_added(
+    sender: Any, request: HttpRequest, user: User, email_address: Any, **kw: Any
+) -> None:
     audit_record(
         actor=_user_of(request, user),
         action="account.email_added",
@@ -69,7 +73,9 @@ def _email_added(sender: Any, request: HttpRequest, user: User, email_address: A
 
 
 @receiver(account_signals.email_removed)
-def _email_removed(sender: Any, request: HttpRequest, user: User, email_address: Any, **kw: Any) -> None:
+def _email_removed(
+    sender: Any, request: HttpRequest, user: User, email_address: Any, **kw: Any
+) -> None:
     audit_record(
         actor=_user_of(request, user),
         action="account.email_removed",
@@ -96,7 +102,9 @@ account_signals.password_reset.connect(_password_reset, dispatch_uid="audit-pass
 
 
 def _authenticator_event(action: str) -> Any:
-    def handler(sender: Any, request: HttpRequest, user: User, authenticator: Any, **kw: Any) -> None:
+    def handler(
+        sender: Any, request: HttpRequest, user: User, authenticator: Any, **kw: Any
+    ) -> None:
         audit_record(
             actor=_user_of(request, user),
             action=action,

@@ -42,9 +42,11 @@ def send_application_decision(application_id: int) -> bool:
     The guarded UPDATE claims the email; if sending fails the claim is released so that the
     retry sends it. A redelivered task finds the claim taken and does nothing.
     """
-    claimed = Application.objects.filter(
-        pk=application_id, decision_emailed_at__isnull=True
-    ).exclude(state=ApplicationState.PENDING).update(decision_emailed_at=timezone.now())
+    claimed = (
+        Application.objects.filter(pk=application_id, decision_emailed_at__isnull=True)
+        .exclude(state=ApplicationState.PENDING)
+        .update(decision_emailed_at=timezone.now())
+    )
     if not claimed:
         return False
     application = Application.objects.select_related("user").get(pk=application_id)

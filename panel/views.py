@@ -78,7 +78,9 @@ def membership_apply(request: HttpRequest) -> HttpResponse:
     form = ApplicationForm(request.POST or None, initial={"statutes_version": statutes.version})
     if request.method == "POST" and form.is_valid():
         if form.cleaned_data["statutes_version"] != statutes.version:
-            form.add_error(None, _("The statutes changed while you read them; please read them again."))
+            form.add_error(
+                None, _("The statutes changed while you read them; please read them again.")
+            )
         else:
             try:
                 services.membership_apply(
@@ -90,7 +92,9 @@ def membership_apply(request: HttpRequest) -> HttpResponse:
             except services.MembershipError as exc:
                 form.add_error(None, str(exc))
             else:
-                messages.success(request, _("Thank you! Your application is waiting for a decision."))
+                messages.success(
+                    request, _("Thank you! Your application is waiting for a decision.")
+                )
                 return redirect("membership")
     return render(request, "panel/apply.html", {"form": form, "statutes": statutes})
 
@@ -121,7 +125,9 @@ def membership_leave(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def activity(request: HttpRequest) -> HttpResponse:
-    page = Paginator(selectors.audit_entries_for(_user(request)), 25).get_page(request.GET.get("page"))
+    page = Paginator(selectors.audit_entries_for(_user(request)), 25).get_page(
+        request.GET.get("page")
+    )
     return render(request, "panel/activity.html", {"page": page})
 
 
@@ -152,8 +158,12 @@ def switch_language(request: HttpRequest) -> HttpResponse:
             before = {"language": user.language}
             User.objects.filter(pk=user.pk).update(language=language)
             audit_record(
-                actor=user, action="account.language", obj=user, owner=user,
-                before=before, after={"language": language},
+                actor=user,
+                action="account.language",
+                obj=user,
+                owner=user,
+                before=before,
+                after={"language": language},
             )
     return response
 

@@ -19,5 +19,5 @@ def worker_status(*, timeout: float = 2.0) -> WorkerStatus:
         replies = app.control.ping(timeout=timeout)
     except Exception as exc:  # any broker failure means "not reachable", with the reason
         return WorkerStatus(False, [], f"{type(exc).__name__}: {exc}")
-    names = sorted(name for reply in replies for name in reply)
+    names = sorted(name for reply in replies or [] for name in reply)
     return WorkerStatus(bool(names), names)

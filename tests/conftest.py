@@ -23,11 +23,12 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
+from django.utils import translation
 
 from panel import services
 from panel.celery import app as celery_app
 from panel.models import Application, Statutes, User
-from tests.factories import PASSWORD, StatutesFactory, UserFactory
+from tests.factories import PASSWORD, make_statutes, make_user
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -53,21 +54,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _clear_cache() -> Iterator[None]:
-    # allauth's rate limits live in the cache; one test must not throttle the next.
+def _isolate() -> Iterator[None]:
+    # allauth's rate limits live in the cache, and a request through the test client leaves
+    # its language active in the thread: neither may leak into the next test.
     cache.clear()
+    translation.activate(settings.LANGUAGE_CODE)
     yield
     cache.clear()
+    translation.activate(settings.LANGUAGE_CODE)
 
 
 @pytest.fixture
 def statutes(db: None) -> Statutes:
-    return StatutesFactory()
+    return make_statutes()
 
 
 @pytest.fixture
 def carol(db: None) -> User:
-    return UserFactory(email="carol@example.org", is_staff=True, is_superuser=True)
+    return make_user(email="carol@example.org", is_staff=True, is_superuser=True)
 
 
 @pytest.fixture
@@ -83,13 +87,13 @@ def bob(db: None, statutes: Statutes, carol: User) -> User:
 @pytest.fixture
 def dave(db: None, statutes: Statutes) -> User:
     """Signed up and applied; waiting for a decision."""
-    user = UserFactory(email="dave@example.org")
+    user = make_user(email="dave@example.org")
     services.membership_apply(user=user, name="Dave Applicant", statement="Hi", statutes=statutes)
     return user
 
 
 def make_member(email: str, *, statutes: Statutes, admin: User) -> User:
-    user = UserFactory(email=email)
+    user = make_user(email=email)
     application = services.membership_apply(
         user=user, name=email.split("@")[0].title(), statement="Count me in.", statutes=statutes
     )
@@ -102,8 +106,8 @@ def pending_application(user: User) -> Application:
 
 
 @pytest.fixture
-def login(client):  # type: ignore[no-untyped-def]
-    def _login(user: User):  # type: ignore[no-untyped-def]
+def login(client):
+    def _login(user: User):
         client.force_login(user)
         return client
 
@@ -130,7 +134,7 @@ class SmtpSink:
         sink = self
 
         class Handler:
-            async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def] # noqa: N802
+            async def handle_DATA(self, server, session, envelope):
                 with sink._lock:
                     sink.messages.append(message_from_bytes(envelope.content))
                 return "250 OK"
@@ -157,7 +161,7 @@ class SmtpSink:
 
 
 @pytest.fixture
-def smtp(settings) -> Iterator[SmtpSink]:  # type: ignore[no-untyped-def]
+def smtp(settings) -> Iterator[SmtpSink]:
     sink = SmtpSink()
     sink.start()
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
@@ -224,10 +228,29 @@ def celery_worker_process(
     log = tmp / "worker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "panel", "worker", "--loglevel", "INFO",
-             "--concurrency", "2", "--hostname", hostname, "--queues", queue,
-             "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "panel",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--hostname",
+                hostname,
+                "--queues",
+                queue,
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     worker = WorkerProcess(proc, hostname, log)
     old_queue = celery_app.conf.task_default_queue
@@ -247,7 +270,7 @@ def celery_worker_process(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         with celery_app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)
+            conn.default_channel.queue_delete(queue)  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import factory
 from allauth.account.models import EmailAddress
 
 from panel.models import Statutes, User
 
-PASSWORD = "correct horse battery staple"  # noqa: S105  (test-only, never a real account)
+PASSWORD = "correct horse battery staple"
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = User
         skip_postgeneration_save = True
@@ -22,21 +22,30 @@ class UserFactory(factory.django.DjangoModelFactory):
     last_name = factory.Faker("last_name")
 
     @factory.post_generation
-    def password(self, create: bool, extracted: str | None, **kwargs: Any) -> None:
-        self.set_password(extracted or PASSWORD)
+    def password(obj: User, create: bool, extracted: str | None, **kwargs: Any) -> None:
+        obj.set_password(extracted or PASSWORD)
         if create:
-            self.save(update_fields=["password"])
+            obj.save(update_fields=["password"])
 
     @factory.post_generation
-    def verified(self, create: bool, extracted: bool | None, **kwargs: Any) -> None:
+    def verified(obj: User, create: bool, extracted: bool | None, **kwargs: Any) -> None:
         if create and extracted is not False:
-            EmailAddress.objects.create(user=self, email=self.email, verified=True, primary=True)
+            EmailAddress.objects.create(user=obj, email=obj.email, verified=True, primary=True)
 
 
-class StatutesFactory(factory.django.DjangoModelFactory):
+class StatutesFactory(factory.django.DjangoModelFactory[Statutes]):
     class Meta:
         model = Statutes
 
     version = factory.Sequence(lambda n: n + 1)
     title = "Statutes"
     text = factory.Faker("paragraph", nb_sentences=8)
+
+
+def make_user(**kwargs: Any) -> User:
+    """A verified user (``verified=False`` for one who has not confirmed the address yet)."""
+    return cast(User, UserFactory(**kwargs))
+
+
+def make_statutes(**kwargs: Any) -> Statutes:
+    return cast(Statutes, StatutesFactory(**kwargs))

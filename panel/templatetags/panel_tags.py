@@ -16,7 +16,7 @@ def field(bound: BoundField) -> dict[str, Any]:
         described.append(f"{bound.auto_id}_help")
     if bound.errors:
         described.append(f"{bound.auto_id}_errors")
-    attrs: dict[str, str] = {}
+    attrs: dict[str, str | bool] = {}
     if described:
         attrs["aria-describedby"] = " ".join(described)
     if bound.errors:

@@ -32,16 +32,27 @@ def browser() -> Iterator[object]:
         pytest.fail(f"{CHROMIUM} is missing; bin/test installs Debian's chromium package")
     # Playwright's sync API runs an event loop in this thread; Django refuses ORM calls from a
     # thread with a running loop unless told that this is deliberate.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
-def test_sign_up_verify_apply_approve_dashboard(browser, live_server, smtp, statutes, carol, artifacts):
+def test_sign_up_verify_apply_approve_dashboard(
+    browser, live_server, smtp, statutes, carol, artifacts
+):
     base = live_server.url
-    member = browser.new_context(locale="en-GB")  # type: ignore[attr-defined]
+    member = browser.new_context(locale="en-GB")
     page = member.new_page()
     page.set_default_timeout(15_000)
 
@@ -66,7 +77,7 @@ def test_sign_up_verify_apply_approve_dashboard(browser, live_server, smtp, stat
     page.get_by_role("button", name="Send application").click()
     page.get_by_text("Your application is waiting for a decision.").wait_for()
 
-    admin = browser.new_context(locale="en-GB")  # type: ignore[attr-defined]
+    admin = browser.new_context(locale="en-GB")
     admin_page = admin.new_page()
     admin_page.set_default_timeout(15_000)
     admin_page.goto(f"{base}/accounts/login/")
@@ -85,6 +96,8 @@ def test_sign_up_verify_apply_approve_dashboard(browser, live_server, smtp, stat
     page.locator("p.big", has_text="Share No.").wait_for()
     assert page.locator(".badge", has_text="Member").count() == 1
     page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
-    assert Membership.objects.get(user__email="frieda@example.org").status == MembershipStatus.MEMBER
+    assert (
+        Membership.objects.get(user__email="frieda@example.org").status == MembershipStatus.MEMBER
+    )
     member.close()
     admin.close()

@@ -24,7 +24,7 @@ FOREIGN_PREFIXES = ("accounts/", "admin/")
 def project_urls() -> list[tuple[str, URLPattern]]:
     found: list[tuple[str, URLPattern]] = []
 
-    def walk(patterns, prefix: str, namespace: str | None) -> None:  # type: ignore[no-untyped-def]
+    def walk(patterns, prefix: str, namespace: str | None) -> None:
         for p in patterns:
             route = prefix + str(p.pattern)
             if route.startswith(FOREIGN_PREFIXES):
@@ -48,15 +48,21 @@ def url_for(name: str, alice_application: Application, other_application: Applic
 
 
 @pytest.fixture
-def objects(alice, dave):  # type: ignore[no-untyped-def]
+def objects(alice, dave):
     return Application.objects.get(user=alice), pending_application(dave)
 
 
 def test_every_project_url_is_classified():
     names = {name for name, _ in project_urls()}
     member_pages = {
-        "dashboard", "membership", "membership_apply", "application_detail",
-        "membership_leave", "activity", "billing", "commune",
+        "dashboard",
+        "membership",
+        "membership_apply",
+        "application_detail",
+        "membership_leave",
+        "activity",
+        "billing",
+        "commune",
     }
     unknown = names - PUBLIC - MEMBERS_ONLY - STAFF_ONLY - member_pages
     assert not unknown, f"classify these URLs in test_access.py: {sorted(unknown)}"

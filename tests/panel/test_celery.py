@@ -13,7 +13,7 @@ from panel.tasks import ping_database
 @pytest.mark.worker
 def test_a_task_round_trips_through_the_broker_and_a_real_worker(celery_worker):
     marker = uuid.uuid4().hex
-    result = ping_database.apply_async(args=[marker])
+    result = ping_database.apply_async(args=(marker,))
     assert result.get(timeout=30) == marker
     # The worker wrote through its own database connection; we read it back here.
     assert Heartbeat.objects.filter(name=f"ping:{marker}").exists()
@@ -30,11 +30,16 @@ def test_enqueue_on_commit_sends_only_committed_work(celery_worker):
     kept, dropped = uuid.uuid4().hex, uuid.uuid4().hex
     with transaction.atomic():
         enqueue_on_commit(ping_database, kept)
-    with pytest.raises(RuntimeError), transaction.atomic():
-        enqueue_on_commit(ping_database, dropped)
-        raise RuntimeError("rolled back")
+
+    def rolled_back() -> None:
+        with transaction.atomic():
+            enqueue_on_commit(ping_database, dropped)
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        rolled_back()
     # A later task proves the worker has had its chance at the queue.
-    ping_database.apply_async(args=["fence"]).get(timeout=30)
+    ping_database.apply_async(args=("fence",)).get(timeout=30)
     assert Heartbeat.objects.filter(name=f"ping:{kept}").exists()
     assert not Heartbeat.objects.filter(name=f"ping:{dropped}").exists()
 

@@ -2,17 +2,26 @@ import pytest
 from django.urls import reverse
 
 from panel.models import AuditEntry
-from tests.factories import UserFactory
+from tests.factories import make_user
 
 MAX_QUERIES = 10
 
 
 @pytest.mark.parametrize("who", ["alice", "dave", "carol", "newcomer"])
-def test_dashboard_renders_in_at_most_ten_queries(request, db, client, django_assert_max_num_queries, who):
-    user = UserFactory() if who == "newcomer" else request.getfixturevalue(who)
+def test_dashboard_renders_in_at_most_ten_queries(
+    request, db, client, django_assert_max_num_queries, who
+):
+    user = make_user() if who == "newcomer" else request.getfixturevalue(who)
     # Plenty of history must not change the count.
     for n in range(30):
-        AuditEntry.objects.create(actor_label="system", action="test.noise", object_type="x", object_id=str(n), object_repr="x", owner=user)
+        AuditEntry.objects.create(
+            actor_label="system",
+            action="test.noise",
+            object_type="x",
+            object_id=str(n),
+            object_repr="x",
+            owner=user,
+        )
     client.force_login(user)
     with django_assert_max_num_queries(MAX_QUERIES):
         response = client.get(reverse("dashboard"))
@@ -27,7 +36,7 @@ def test_dashboard_shows_membership_and_share(client, alice):
 
 
 def test_dashboard_invites_a_newcomer_to_apply(client, db, statutes):
-    client.force_login(UserFactory())
+    client.force_login(make_user())
     page = client.get(reverse("dashboard")).content.decode()
     assert reverse("membership_apply") in page
 

@@ -12,7 +12,7 @@ def run_check(tmp_path, **overrides):
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in {"DEBUG", "SECURE_SSL_REDIRECT", "EMAIL_URL"}
+        if key not in {"DEBUG", "SECURE_SSL_REDIRECT", "EMAIL_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}
     }
     env.update(
         SECRET_KEY=secrets.token_urlsafe(64),
@@ -27,7 +27,12 @@ def run_check(tmp_path, **overrides):
     env.update(overrides)
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

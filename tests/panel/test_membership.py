@@ -14,11 +14,11 @@ from panel.models import (
     Share,
 )
 from tests.conftest import pending_application, text_and_html
-from tests.factories import StatutesFactory, UserFactory
+from tests.factories import make_statutes, make_user
 
 
 def test_apply_makes_an_applicant_with_history_and_audit(db, statutes):
-    user = UserFactory()
+    user = make_user()
     application = services.membership_apply(
         user=user, name="Erin", statement="Hello", statutes=statutes
     )
@@ -34,9 +34,9 @@ def test_apply_makes_an_applicant_with_history_and_audit(db, statutes):
 
 
 def test_apply_against_outdated_statutes_is_refused(db, statutes):
-    StatutesFactory()  # a newer version appears while the person reads
+    make_statutes()  # a newer version appears while the person reads
     with pytest.raises(services.MembershipError, match="statutes changed"):
-        services.membership_apply(user=UserFactory(), name="E", statement="x", statutes=statutes)
+        services.membership_apply(user=make_user(), name="E", statement="x", statutes=statutes)
 
 
 def test_approve_issues_exactly_one_share(db, carol, dave):
@@ -53,7 +53,9 @@ def test_only_admins_with_the_permission_decide(db, alice, dave):
         services.membership_approve(application=pending_application(dave), actor=alice)
 
 
-def test_decline_needs_a_reason_and_emails_it(db, carol, dave, mailoutbox, django_capture_on_commit_callbacks):
+def test_decline_needs_a_reason_and_emails_it(
+    db, carol, dave, mailoutbox, django_capture_on_commit_callbacks
+):
     with pytest.raises(services.MembershipError, match="Say why"):
         services.membership_decline(application=pending_application(dave), actor=carol, reason=" ")
     with django_capture_on_commit_callbacks(execute=True):
@@ -81,10 +83,18 @@ def test_decision_email_task_is_safe_to_run_twice(db, carol, dave, mailoutbox):
 def test_the_database_allows_one_active_share_per_person(db, alice):
     share = Share.objects.get(user=alice)
     with pytest.raises(IntegrityError), transaction.atomic():
-        Share.objects.create(user=alice, application=Application.objects.create(
-            user=alice, name="again", statement="x", statutes=share.application.statutes,
-            agreed_at=share.issued_at, state="approved", decided_at=share.issued_at,
-        ))
+        Share.objects.create(
+            user=alice,
+            application=Application.objects.create(
+                user=alice,
+                name="again",
+                statement="x",
+                statutes=share.application.statutes,
+                agreed_at=share.issued_at,
+                state="approved",
+                decided_at=share.issued_at,
+            ),
+        )
 
 
 def test_leave_cancels_the_share_and_keeps_history(db, alice):
@@ -114,7 +124,10 @@ def test_suspend_and_reinstate(db, alice, carol):
     assert Membership.objects.get(user=alice).status == MembershipStatus.SUSPENDED
     with pytest.raises(services.MembershipError, match="cannot apply while"):
         services.membership_apply(
-            user=alice, name="A", statement="x", statutes=Share.objects.get(user=alice).application.statutes
+            user=alice,
+            name="A",
+            statement="x",
+            statutes=Share.objects.get(user=alice).application.statutes,
         )
     services.membership_reinstate(user=alice, actor=carol)
     assert Membership.objects.get(user=alice).status == MembershipStatus.MEMBER
@@ -129,7 +142,7 @@ def test_members_cannot_suspend_each_other(db, alice, bob):
 def test_two_concurrent_approvals_create_one_share(carol, statutes):
     """Two admins press Approve at the same moment: one share, one clear refusal."""
     assert connection.vendor == "postgresql"
-    applicant = UserFactory()
+    applicant = make_user()
     application = services.membership_apply(
         user=applicant, name="Eve", statement="hi", statutes=statutes
     )
@@ -158,12 +171,17 @@ def test_two_concurrent_approvals_create_one_share(carol, statutes):
 @pytest.mark.django_db(transaction=True)
 def test_the_share_index_holds_even_if_code_skips_the_guard(carol, statutes):
     """Two writers that bypass the service both try to insert an active share."""
-    applicant = UserFactory()
+    applicant = make_user()
     first = services.membership_apply(user=applicant, name="F", statement="x", statutes=statutes)
     Application.objects.filter(pk=first.pk).update(state="approved", decided_at=first.agreed_at)
     second = Application.objects.create(
-        user=applicant, name="F", statement="x", statutes=statutes,
-        agreed_at=first.agreed_at, state="approved", decided_at=first.agreed_at,
+        user=applicant,
+        name="F",
+        statement="x",
+        statutes=statutes,
+        agreed_at=first.agreed_at,
+        state="approved",
+        decided_at=first.agreed_at,
     )
     barrier = threading.Barrier(2)
     errors: list[Exception] = []
@@ -188,11 +206,14 @@ def test_the_share_index_holds_even_if_code_skips_the_guard(carol, statutes):
 
 
 def test_apply_page_flow(client, statutes):
-    user = UserFactory()
+    user = make_user()
     client.force_login(user)
     page = client.get(reverse("membership_apply"))
     assert statutes.text[:40] in page.content.decode()
-    missing = client.post(reverse("membership_apply"), {"name": "", "statement": "", "statutes_version": statutes.version})
+    missing = client.post(
+        reverse("membership_apply"),
+        {"name": "", "statement": "", "statutes_version": statutes.version},
+    )
     assert missing.status_code == 200
     body = missing.content.decode()
     assert 'aria-invalid="true"' in body
@@ -210,7 +231,9 @@ def test_admin_queue_approves_and_declines(client, carol, dave, statutes):
     queue = client.get(reverse("staff_applications"))
     assert "Dave Applicant" in queue.content.decode()
     app = pending_application(dave)
-    bad = client.post(reverse("staff_application_decide", args=[app.pk]), {f"a{app.pk}-decision": "declined"})
+    bad = client.post(
+        reverse("staff_application_decide", args=[app.pk]), {f"a{app.pk}-decision": "declined"}
+    )
     assert bad.status_code == 422
     assert "Say why the application is declined." in bad.content.decode()
     ok = client.post(
@@ -227,12 +250,16 @@ def test_member_cannot_use_the_admin_queue(client, alice, dave):
     client.force_login(alice)
     assert client.get(reverse("staff_applications")).status_code == 403
     app = pending_application(dave)
-    response = client.post(reverse("staff_application_decide", args=[app.pk]), {f"a{app.pk}-decision": "approved"})
+    response = client.post(
+        reverse("staff_application_decide", args=[app.pk]), {f"a{app.pk}-decision": "approved"}
+    )
     assert response.status_code == 403
     assert Membership.objects.get(user=dave).status == MembershipStatus.APPLICANT
 
 
-def test_approval_email_has_text_and_html(db, carol, dave, smtp, django_capture_on_commit_callbacks):
+def test_approval_email_has_text_and_html(
+    db, carol, dave, smtp, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         share = services.membership_approve(application=pending_application(dave), actor=carol)
     text, html = text_and_html(smtp.wait_for("dave@example.org", subject_has="member"))

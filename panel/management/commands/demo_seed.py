@@ -42,9 +42,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         logins_file = settings.STATE_DIR / "demo-logins.json"
-        logins: dict[str, str] = (
-            json.loads(logins_file.read_text()) if logins_file.exists() else {}
-        )
+        logins: dict[str, str] = json.loads(logins_file.read_text()) if logins_file.exists() else {}
         with transaction.atomic():
             users = {}
             for email, name, role in PEOPLE:
@@ -52,7 +50,11 @@ class Command(BaseCommand):
                 user = User.objects.filter(email=email).first()
                 if user is None:
                     first, last = name.split(" ", 1)
-                    create = User.objects.create_superuser if role == "admin" else User.objects.create_user
+                    create = (
+                        User.objects.create_superuser
+                        if role == "admin"
+                        else User.objects.create_user
+                    )
                     user = create(email=email, password=password, first_name=first, last_name=last)
                     EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)
                 users[email] = (user, name, role)

@@ -10,8 +10,47 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from panel.models import AuditEntry, User
+
+# What members read in their activity list; the action code stays in the row for admins.
+ACTION_LABELS = {
+    "account.signed_up": _("Account created"),
+    "account.email_verified": _("Email address verified"),
+    "account.email_added": _("Email address added"),
+    "account.email_changed": _("Email address changed"),
+    "account.email_removed": _("Email address removed"),
+    "account.password_changed": _("Password changed"),
+    "account.password_set": _("Password set"),
+    "account.password_reset": _("Password reset"),
+    "account.language": _("Language changed"),
+    "mfa.added": _("Two-factor authentication turned on"),
+    "mfa.removed": _("Two-factor authentication turned off"),
+    "mfa.reset": _("Recovery codes renewed"),
+    "application.submitted": _("Application sent"),
+    "application.approved": _("Application approved"),
+    "application.declined": _("Application declined"),
+    "membership.applicant": _("Membership applied for"),
+    "membership.member": _("Became a member"),
+    "membership.declined": _("Membership declined"),
+    "membership.suspended": _("Membership suspended"),
+    "membership.left": _("Membership ended"),
+    "share.issued": _("Share issued"),
+    "share.cancelled": _("Share cancelled"),
+    "statutes.published": _("Statutes published"),
+    "admin.added": _("Created by an admin"),
+    "admin.changed": _("Changed by an admin"),
+    "admin.deleted": _("Deleted by an admin"),
+}
+
+
+def action_label(action: str) -> str:
+    if action in ACTION_LABELS:
+        return str(ACTION_LABELS[action])
+    if action.startswith("admin.action."):
+        return str(_("Changed by an admin"))
+    return action
 
 
 def snapshot(obj: models.Model | None, fields: Iterable[str]) -> dict[str, Any] | None:

@@ -5,6 +5,8 @@ from typing import Any
 from django import template
 from django.forms import BoundField, CheckboxInput
 
+from panel.audit import action_label
+
 register = template.Library()
 
 
@@ -27,6 +29,9 @@ def field(bound: BoundField) -> dict[str, Any]:
         "label": bound.label_tag(label_suffix=""),
         "is_checkbox": isinstance(bound.field.widget, CheckboxInput),
     }
+
+
+register.filter("action_label", action_label)
 
 
 @register.filter

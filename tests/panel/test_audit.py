@@ -15,7 +15,8 @@ def test_member_sees_what_an_admin_did_to_their_membership(client, alice, carol)
     assert (entry.after or {}).get("status") == "suspended"
     client.force_login(alice)
     page = client.get(reverse("activity")).content.decode()
-    assert "membership.suspended" in page
+    assert "Membership suspended" in page
+    assert 'title="membership.suspended"' in page
     assert "carol@example.org" in page
     assert "unpaid invoices" in page
 

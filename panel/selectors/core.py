@@ -1,4 +1,4 @@
-"""Read path of the commune core: every query a page needs, scoped to who asks."""
+"""Reads about people, membership and the audit trail."""
 
 from __future__ import annotations
 

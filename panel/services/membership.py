@@ -1,4 +1,4 @@
-"""Write path of the commune core: one keyword-only, atomic function per business action."""
+"""Membership: applying, deciding, suspending, leaving; statutes versions."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ app.autodiscover_tasks()
 # the service apps, whose jobs are added here by name as they arrive.
 app.conf.beat_schedule = {
     "heartbeat": {"task": "panel.tasks.heartbeat", "schedule": 60.0},
+    "release-expired-holds": {"task": "panel.tasks.release_expired_holds", "schedule": 60.0},
     "purge-expired-sessions": {
         "task": "panel.tasks.purge_expired_sessions",
         "schedule": crontab(hour="3", minute="17"),

@@ -243,3 +243,9 @@ LOGGING = {
 
 # The co-op -----------------------------------------------------------------------------
 COOP_NAME = env_str("COOP_NAME", "Commune Co-op")
+# One currency for the whole co-op; amounts carry no currency of their own.
+CURRENCY = env_str("PANEL_CURRENCY", "EUR")
+if not (len(CURRENCY) == 3 and CURRENCY.isascii() and CURRENCY.isupper()):
+    raise ImproperlyConfigured(
+        f"environment variable PANEL_CURRENCY={CURRENCY!r} is not an ISO 4217 code"
+    )

@@ -6,10 +6,11 @@ import logging
 
 from celery import shared_task
 from django.contrib.sessions.models import Session
+from django.db import OperationalError
 from django.utils import timezone
 
 from panel.mail import send_templated_mail
-from panel.models import Application, ApplicationState, Heartbeat
+from panel.models import Application, ApplicationState, BillingPeriod, Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +66,31 @@ def send_application_decision(application_id: int) -> bool:
         Application.objects.filter(pk=application_id).update(decision_emailed_at=None)
         raise
     return True
+
+
+@shared_task
+def release_expired_holds() -> int:
+    from panel.services.ledger import release_expired_holds as release
+
+    return release()
+
+
+@shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def close_period(period_id: int) -> str:
+    """Run a confirmed close; a redelivery continues where the last run stopped."""
+    from panel.services.closing import period_close_run
+
+    try:
+        return str(period_close_run(period_id=period_id).state)
+    except Exception as exc:
+        BillingPeriod.objects.filter(pk=period_id).update(
+            close_error=f"{type(exc).__name__}: {exc}"
+        )
+        raise
+
+
+@shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def run_bank_import(import_id: int) -> str:
+    from panel.services.bank import bank_import_run
+
+    return str(bank_import_run(import_id=import_id).state)

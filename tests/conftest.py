@@ -49,6 +49,8 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.SECURE_HSTS_SECONDS = 0
     settings.ACCOUNT_DEFAULT_HTTP_PROTOCOL = "http"
     settings.PANEL_BASE_URL = "http://testserver"
+    # Password hashing is deliberately slow; the suite creates hundreds of users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # In-process tasks run eagerly; tests marked `worker` switch to a real worker and broker.
     celery_app.conf.task_always_eager = True
 

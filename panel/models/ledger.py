@@ -336,7 +336,10 @@ class StatementLine(models.Model):
     events = models.PositiveIntegerField()
     exact_amount = models.DecimalField(**MONEY)
     amount = models.DecimalField(**MONEY)  # rounded to cents, once
-    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="+")
+    # None when the member's usage cost nothing at all: there is nothing to post.
+    transaction = models.ForeignKey(
+        Transaction, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
 
     class Meta:
         ordering = ["period", "member", "service", "kind", "id"]

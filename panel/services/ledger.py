@@ -570,10 +570,14 @@ def record_usage_batch(*, events: Sequence[UsageInput]) -> BatchResult:
 def _batch_postgres(rated: list[RatedUsage]) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS panel_usage_stage "
-            "(LIKE panel_usageevent INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            """
+            CREATE TEMP TABLE IF NOT EXISTS panel_usage_stage (
+                member_id bigint, service text, kind text, quantity numeric, unit text,
+                unit_cost numeric, amount numeric, cost_source text, cost_rate_id bigint,
+                occurred_at timestamptz, source_key text, payload_hash text, period_id bigint
+            ) ON COMMIT DELETE ROWS
+            """
         )
-        cursor.execute("ALTER TABLE panel_usage_stage ALTER COLUMN id DROP NOT NULL")
         columns = ", ".join(_STAGE_COLUMNS)
         raw = cursor.cursor  # psycopg's own cursor, for COPY
         with raw.copy(f"COPY panel_usage_stage ({columns}) FROM STDIN") as copy:

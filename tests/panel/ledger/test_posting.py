@@ -23,12 +23,21 @@ def reserve():  # type: ignore[no-untyped-def]
 def test_balanced_transaction_is_posted_once(october):
     legs = [LegSpec(bank(), debit=Decimal("10.00")), LegSpec(reserve(), credit=Decimal("10.00"))]
     first, created = ledger.post(
-        kind=TransactionKind.MEMBER_PAYMENT, source_key="t1", legs=legs, period=october, description="x"
+        kind=TransactionKind.MEMBER_PAYMENT,
+        source_key="t1",
+        legs=legs,
+        period=october,
+        description="x",
     )
     again, created_again = ledger.post(
-        kind=TransactionKind.MEMBER_PAYMENT, source_key="t1", legs=legs, period=october, description="x"
+        kind=TransactionKind.MEMBER_PAYMENT,
+        source_key="t1",
+        legs=legs,
+        period=october,
+        description="x",
     )
-    assert created and not created_again
+    assert created
+    assert not created_again
     assert first.pk == again.pk
     with pytest.raises(LedgerError, match="already posted"):
         ledger.post(
@@ -53,7 +62,13 @@ def test_code_refuses_bad_legs(october, legs, message):
     accounts = {"bank": bank(), "reserve": reserve()}
     specs = [LegSpec(accounts[a], debit=Decimal(d), credit=Decimal(c)) for a, d, c in legs]
     with pytest.raises(LedgerError, match=message):
-        ledger.post(kind=TransactionKind.MEMBER_PAYMENT, source_key="bad", legs=specs, period=october, description="x")
+        ledger.post(
+            kind=TransactionKind.MEMBER_PAYMENT,
+            source_key="bad",
+            legs=specs,
+            period=october,
+            description="x",
+        )
 
 
 def test_floats_are_refused(october):
@@ -103,7 +118,10 @@ def test_database_rejects_changes_to_posted_legs(october, operation):
         description="x",
     )
     legs = Leg.objects.filter(transaction=txn)
-    with pytest.raises((IntegrityError, InternalError), match="never changed or deleted"), transaction.atomic():
+    with (
+        pytest.raises((IntegrityError, InternalError), match="never changed or deleted"),
+        transaction.atomic(),
+    ):
         if operation == "update":
             legs.update(debit=Decimal("4"))
         else:
@@ -121,7 +139,9 @@ def test_database_rejects_postings_into_a_closed_period(october):
 
     from panel.models import BillingPeriod
 
-    BillingPeriod.objects.filter(pk=october.pk).update(state=PeriodState.CLOSED, closed_at=timezone.now())
+    BillingPeriod.objects.filter(pk=october.pk).update(
+        state=PeriodState.CLOSED, closed_at=timezone.now()
+    )
     with pytest.raises(IntegrityError, match="closed"), transaction.atomic():
         Transaction.objects.create(
             kind=TransactionKind.MEMBER_PAYMENT, source_key="late", period=october, description="x"

@@ -12,21 +12,35 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
 from panel import services
 from panel.admin_site import AuditedModelAdmin
 from panel.models import (
+    Account,
     Application,
     AuditEntry,
+    BankImport,
+    BillingPeriod,
+    CostRate,
+    CreditHold,
     Heartbeat,
+    Leg,
+    MemberBalance,
     Membership,
     MembershipEvent,
+    Payment,
     Share,
+    StatementLine,
     Statutes,
+    Supplier,
+    SupplierInvoice,
+    Transaction,
+    UsageEvent,
     User,
 )
+from panel.services import ledger
 
 
 @admin.register(User)
@@ -170,3 +184,133 @@ class AuditEntryAdmin(ReadOnlyAdmin):
 @admin.register(Heartbeat)
 class HeartbeatAdmin(ReadOnlyAdmin):
     list_display = ("name", "at")
+
+
+# The books ------------------------------------------------------------------------------------
+
+
+class CostRateForm(forms.ModelForm):
+    class Meta:
+        model = CostRate
+        fields = (
+            "service",
+            "kind",
+            "unit",
+            "unit_cost",
+            "supplier",
+            "reference",
+            "valid_from",
+            "valid_to",
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        start, end = data.get("valid_from"), data.get("valid_to")
+        if start and data.get("service") and data.get("kind"):
+            # An open-ended earlier rate is ended by the new one; anything else overlapping is
+            # refused here with a message (and by the database's exclusion constraint).
+            overlapping = CostRate.objects.filter(service=data["service"], kind=data["kind"])
+            overlapping = overlapping.exclude(valid_to__isnull=True, valid_from__lt=start)
+            overlapping = overlapping.filter(Q(valid_to__isnull=True) | Q(valid_to__gt=start))
+            if end:
+                overlapping = overlapping.filter(valid_from__lt=end)
+            if overlapping.exists():
+                self.add_error(
+                    "valid_from", "Another rate of this service and kind covers part of this time."
+                )
+        return data
+
+
+@admin.register(CostRate)
+class CostRateAdmin(admin.ModelAdmin):
+    """New rates only (usage keeps pointing at the rate it was rated with); see cost_rate_set."""
+
+    audit_in_services = True
+    form = CostRateForm
+    list_display = (
+        "service",
+        "kind",
+        "unit_cost",
+        "unit",
+        "supplier",
+        "reference",
+        "valid_from",
+        "valid_to",
+    )
+    list_filter = ("service", "kind")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        rate = ledger.cost_rate_set(actor=request.user, **form.cleaned_data)  # type: ignore[arg-type]
+        obj.pk = rate.pk
+
+
+@admin.register(Supplier)
+class SupplierAdmin(admin.ModelAdmin):
+    list_display = ("name",)
+    search_fields = ("name",)
+
+
+class LegInline(admin.TabularInline):
+    model = Leg
+    extra = 0
+    can_delete = False
+    readonly_fields = ("account", "debit", "credit", "memo")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Transaction)
+class TransactionAdmin(ReadOnlyAdmin):
+    audit_in_services = True
+    list_display = ("posted_at", "kind", "source_key", "period", "description", "actor")
+    list_filter = ("kind", "period")
+    search_fields = ("source_key", "description")
+    inlines = (LegInline,)
+    action_form = ReasonActionForm
+    actions = ("reverse",)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Actions need the change permission; the fields stay read-only (no form is offered).
+        return obj is None and super(ReadOnlyAdmin, self).has_change_permission(request, obj)
+
+    @admin.action(description="Reverse selected transactions (reason required)")
+    def reverse(self, request: HttpRequest, queryset: QuerySet[Transaction]) -> None:
+        reason = request.POST.get("reason", "")
+        for txn in queryset:
+            try:
+                ledger.transaction_reverse(txn=txn, actor=request.user, reason=reason)  # type: ignore[arg-type]
+            except ledger.LedgerError as exc:
+                self.message_user(request, f"{txn}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{txn}: reversed", messages.SUCCESS)
+
+
+@admin.register(Account)
+class AccountAdmin(ReadOnlyAdmin):
+    list_display = ("code", "name", "type", "purpose")
+    list_filter = ("type", "purpose")
+    search_fields = ("code", "name")
+
+
+@admin.register(BillingPeriod)
+class BillingPeriodAdmin(ReadOnlyAdmin):
+    list_display = ("__str__", "state", "result", "members", "per_head", "closed_at")
+
+
+@admin.register(UsageEvent)
+class UsageEventAdmin(ReadOnlyAdmin):
+    list_display = ("occurred_at", "member", "service", "kind", "quantity", "unit", "amount")
+    list_filter = ("service",)
+    search_fields = ("source_key", "member__email")
+    show_full_result_count = False
+
+
+for _model in (MemberBalance, CreditHold, Payment, SupplierInvoice, StatementLine, BankImport):
+    admin.site.register(_model, ReadOnlyAdmin)

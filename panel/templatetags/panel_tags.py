@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from django import template
 from django.forms import BoundField, CheckboxInput
+from django.utils.formats import number_format
 
 from panel.audit import action_label
 
@@ -32,6 +34,23 @@ def field(bound: BoundField) -> dict[str, Any]:
 
 
 register.filter("action_label", action_label)
+
+
+@register.filter
+def money(value: Decimal | None, places: int = 2) -> str:
+    """An amount with ``places`` decimals, in the reader's number format; never via float."""
+    if value is None:
+        return "—"
+    quantum = Decimal(1).scaleb(-int(places))
+    return number_format(Decimal(value).quantize(quantum, rounding=ROUND_HALF_EVEN), int(places))
+
+
+@register.filter
+def bar_height(value: Decimal, peak: Decimal) -> str:
+    """Height of a chart bar in percent of the tallest one."""
+    if not peak:
+        return "0"
+    return str(int(Decimal(100) * Decimal(value) / Decimal(peak)))
 
 
 @register.filter

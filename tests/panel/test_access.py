@@ -16,7 +16,29 @@ from tests.conftest import pending_application
 PUBLIC = {"home", "healthz", "set_language"}
 # URL names that order or manage services: members in good standing only.
 MEMBERS_ONLY = {"provisioning:index", "newsletters:index", "telephony:index"}
-STAFF_ONLY = {"staff_applications", "staff_application_decide", "staff_status"}
+STAFF_ONLY = {
+    "staff_applications",
+    "staff_application_decide",
+    "staff_status",
+    "staff_billing",
+    "staff_payments",
+    "staff_bank_upload",
+    "staff_bank_import",
+    "staff_invoices",
+    "staff_invoice_paid",
+    "staff_close",
+    "staff_close_progress",
+    "staff_trial_balance",
+}
+# Arguments for URLs that take some; access is decided before the object is looked up.
+ARGS = {
+    "statement": ["2026-10"],
+    "statement_csv": ["2026-10"],
+    "staff_bank_import": [1],
+    "staff_invoice_paid": [1],
+    "staff_close": [1],
+    "staff_close_progress": [1],
+}
 # Third-party URL sets with their own access rules (allauth's flows, Django's admin).
 FOREIGN_PREFIXES = ("accounts/", "admin/")
 
@@ -44,7 +66,7 @@ def url_for(name: str, alice_application: Application, other_application: Applic
         return reverse(name, args=[alice_application.pk])
     if name == "staff_application_decide":
         return reverse(name, args=[other_application.pk])
-    return reverse(name)
+    return reverse(name, args=ARGS.get(name, []))
 
 
 @pytest.fixture
@@ -63,6 +85,8 @@ def test_every_project_url_is_classified():
         "activity",
         "billing",
         "commune",
+        "statement",
+        "statement_csv",
     }
     unknown = names - PUBLIC - MEMBERS_ONLY - STAFF_ONLY - member_pages
     assert not unknown, f"classify these URLs in test_access.py: {sorted(unknown)}"

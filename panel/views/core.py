@@ -131,22 +131,6 @@ def activity(request: HttpRequest) -> HttpResponse:
     return render(request, "panel/activity.html", {"page": page})
 
 
-@login_required
-@require_GET
-def billing(request: HttpRequest) -> HttpResponse:
-    return render(request, "panel/coming.html", {"section": _("Billing"), "nav": "billing"})
-
-
-@login_required
-@require_GET
-def commune(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "panel/commune.html",
-        {"members": selectors.member_count(), "statutes": selectors.current_statutes()},
-    )
-
-
 @require_POST
 def switch_language(request: HttpRequest) -> HttpResponse:
     """Django's set_language, plus remembering the choice for emails sent by workers."""

@@ -1,0 +1,1 @@
+"""Views of the commune core, by topic."""

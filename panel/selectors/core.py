@@ -12,6 +12,7 @@ from panel.models import (
     ApplicationState,
     AuditEntry,
     Heartbeat,
+    MemberBalance,
     Membership,
     MembershipStatus,
     Share,
@@ -66,6 +67,7 @@ class Dashboard:
     last_decision: Application | None
     recent_activity: list[AuditEntry]
     applications_waiting: int | None
+    balance: MemberBalance
 
 
 def dashboard_for(user: User) -> Dashboard:
@@ -77,7 +79,9 @@ def dashboard_for(user: User) -> Dashboard:
     decided = next((a for a in applications if a.state != ApplicationState.PENDING), None)
     activity = list(audit_entries_for(user)[:6])
     waiting = pending_applications().count() if user.has_perm("panel.decide_application") else None
-    return Dashboard(membership, share, pending, decided, activity, waiting)
+    from panel.selectors.ledger import balance_of
+
+    return Dashboard(membership, share, pending, decided, activity, waiting, balance_of(user))
 
 
 def heartbeat_at(name: str) -> Heartbeat | None:

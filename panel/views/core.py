@@ -44,7 +44,8 @@ def healthz(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
-    return render(request, "panel/dashboard.html", {"d": selectors.dashboard_for(_user(request))})
+    context = {"d": selectors.dashboard_for(_user(request)), "currency": settings.CURRENCY}
+    return render(request, "panel/dashboard.html", context)
 
 
 @login_required
@@ -75,7 +76,10 @@ def membership_apply(request: HttpRequest) -> HttpResponse:
     if statutes is None:
         messages.error(request, _("The co-op has not published its statutes yet; try again later."))
         return redirect("membership")
-    form = ApplicationForm(request.POST or None, initial={"statutes_version": statutes.version})
+    form = ApplicationForm(
+        request.POST if request.method == "POST" else None,
+        initial={"statutes_version": statutes.version},
+    )
     if request.method == "POST" and form.is_valid():
         if form.cleaned_data["statutes_version"] != statutes.version:
             form.add_error(
@@ -109,7 +113,7 @@ def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def membership_leave(request: HttpRequest) -> HttpResponse:
-    form = LeaveForm(request.POST or None)
+    form = LeaveForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         user = _user(request)
         try:

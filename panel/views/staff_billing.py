@@ -36,7 +36,9 @@ def overview(request: HttpRequest) -> HttpResponse:
 @permission_required("panel.add_payment")
 @require_http_methods(["GET", "POST"])
 def payments(request: HttpRequest) -> HttpResponse:
-    form = PaymentForm(request.POST or None, initial={"nonce": _nonce()})
+    form = PaymentForm(
+        request.POST if request.method == "POST" else None, initial={"nonce": _nonce()}
+    )
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -104,7 +106,7 @@ def bank_import(request: HttpRequest, pk: int) -> HttpResponse:
 @permission_required("panel.add_supplierinvoice")
 @require_http_methods(["GET", "POST"])
 def invoices(request: HttpRequest) -> HttpResponse:
-    form = InvoiceForm(request.POST or None)
+    form = InvoiceForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
             ledger_services.supplier_invoice_record(actor=_user(request), **form.cleaned_data)
@@ -143,7 +145,7 @@ def close(request: HttpRequest, pk: int) -> HttpResponse:
     period = get_object_or_404(BillingPeriod, pk=pk)
     if period.state != "open":
         return redirect("staff_close_progress", pk=period.pk)
-    form = CloseForm(request.POST or None)
+    form = CloseForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
             closing.period_close_start(

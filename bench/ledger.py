@@ -90,20 +90,39 @@ def run(database_url: str, members_n: int, events_n: int, batch: int) -> None:
     start = timezone.make_aware(datetime(2026, 10, 1))
     apps = Application.objects.bulk_create(
         [
-            Application(user=u, name=u.email, statement="-", statutes=statutes, agreed_at=start,
-                        state="approved", decided_at=start)
+            Application(
+                user=u,
+                name=u.email,
+                statement="-",
+                statutes=statutes,
+                agreed_at=start,
+                state="approved",
+                decided_at=start,
+            )
             for u in users
         ]
     )
-    Membership.objects.bulk_create([Membership(user=u, status="member", name=u.email) for u in users])
+    Membership.objects.bulk_create(
+        [Membership(user=u, status="member", name=u.email) for u in users]
+    )
     Share.objects.bulk_create(
-        [Share(user=u, application=a, issued_at=start - timedelta(days=30)) for u, a in zip(users, apps, strict=True)]
+        [
+            Share(user=u, application=a, issued_at=start - timedelta(days=30))
+            for u, a in zip(users, apps, strict=True)
+        ]
     )
     october = ledger.period_for(date(2026, 10, 1))
-    supplier = __import__("panel.models", fromlist=["Supplier"]).Supplier.objects.create(name="Carrier")
+    supplier = __import__("panel.models", fromlist=["Supplier"]).Supplier.objects.create(
+        name="Carrier"
+    )
     ledger.supplier_invoice_record(
-        actor=admin, supplier=supplier, service="calls", period=october, reference="C-10",
-        invoice_date=date(2026, 10, 31), amount=Decimal("1000.00"),
+        actor=admin,
+        supplier=supplier,
+        service="calls",
+        period=october,
+        reference="C-10",
+        invoice_date=date(2026, 10, 31),
+        amount=Decimal("1000.00"),
     )
     ids = [u.pk for u in users]
     seconds_in_month = 31 * 24 * 3600 - 1

@@ -15,7 +15,6 @@ from panel.models.core import (
 )
 from panel.models.ledger import (
     CENTS,
-    MONEY,
     PURPOSE_TYPE,
     ZERO,
     Account,
@@ -43,7 +42,6 @@ from panel.models.ledger import (
 
 __all__ = [
     "CENTS",
-    "MONEY",
     "PURPOSE_TYPE",
     "ZERO",
     "Account",

@@ -8,7 +8,7 @@ rounding account; every amount that reaches a member's account is whole cents.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -16,9 +16,14 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-MONEY = {"max_digits": 24, "decimal_places": 6}
+MONEY_DIGITS, MONEY_PLACES = 24, 6
 CENTS = Decimal("0.01")
 ZERO = Decimal("0")
+
+
+def money_field(**options: Any) -> models.DecimalField[Decimal, Decimal]:
+    """An amount: 6 decimal places, up to 18 before the point."""
+    return models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, **options)
 
 
 class Service(models.TextChoices):
@@ -126,13 +131,13 @@ class BillingPeriod(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     # Figures of the close, kept for the Commune page (the legs remain the source of truth).
-    cost_recovery = models.DecimalField(**MONEY, null=True, blank=True)
-    other_income = models.DecimalField(**MONEY, null=True, blank=True)
-    supplier_costs = models.DecimalField(**MONEY, null=True, blank=True)
-    result = models.DecimalField(**MONEY, null=True, blank=True)
-    distributed = models.DecimalField(**MONEY, null=True, blank=True)
+    cost_recovery = money_field(null=True, blank=True)
+    other_income = money_field(null=True, blank=True)
+    supplier_costs = money_field(null=True, blank=True)
+    result = money_field(null=True, blank=True)
+    distributed = money_field(null=True, blank=True)
     members = models.PositiveIntegerField(null=True, blank=True)
-    per_head = models.DecimalField(**MONEY, null=True, blank=True)
+    per_head = money_field(null=True, blank=True)
 
     class Meta:
         ordering = ["-starts_on"]
@@ -196,8 +201,8 @@ class Leg(models.Model):
 
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="legs")
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="legs")
-    debit = models.DecimalField(**MONEY, default=ZERO)
-    credit = models.DecimalField(**MONEY, default=ZERO)
+    debit = money_field(default=ZERO)
+    credit = money_field(default=ZERO)
     memo = models.CharField(max_length=200, blank=True)
 
     class Meta:
@@ -225,9 +230,9 @@ class MemberBalance(models.Model):
     member = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="balance", primary_key=True
     )
-    posted = models.DecimalField(**MONEY, default=ZERO)
-    unbilled = models.DecimalField(**MONEY, default=ZERO)
-    held = models.DecimalField(**MONEY, default=ZERO)
+    posted = money_field(default=ZERO)
+    unbilled = money_field(default=ZERO)
+    held = money_field(default=ZERO)
     payment_reference = models.CharField(max_length=32, unique=True)
 
     class Meta:
@@ -252,7 +257,7 @@ class CostRate(models.Model):
     service = models.CharField(max_length=16, choices=Service.choices)
     kind = models.CharField(max_length=50)  # e.g. disk, transfer, messages, call
     unit = models.CharField(max_length=30)  # e.g. GB-month, GB, message, minute
-    unit_cost = models.DecimalField(**MONEY)
+    unit_cost = money_field()
     supplier = models.ForeignKey(Supplier, on_delete=models.PROTECT, related_name="cost_rates")
     reference = models.CharField(max_length=200)  # invoice number or price-list reference
     valid_from = models.DateField()
@@ -287,10 +292,10 @@ class UsageEvent(models.Model):
     member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     service = models.CharField(max_length=16, choices=Service.choices)
     kind = models.CharField(max_length=50)
-    quantity = models.DecimalField(**MONEY)
+    quantity = money_field()
     unit = models.CharField(max_length=30)
-    unit_cost = models.DecimalField(**MONEY)
-    amount = models.DecimalField(**MONEY)
+    unit_cost = money_field()
+    amount = money_field()
     cost_source = models.CharField(max_length=300)
     cost_rate = models.ForeignKey(
         CostRate, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -329,13 +334,13 @@ class StatementLine(models.Model):
     service = models.CharField(max_length=16, choices=Service.choices)
     kind = models.CharField(max_length=50)
     unit = models.CharField(max_length=30)
-    unit_cost = models.DecimalField(**MONEY)
+    unit_cost = money_field()
     cost_source = models.CharField(max_length=300)
     belongs_to = models.ForeignKey(BillingPeriod, on_delete=models.PROTECT, related_name="+")
-    quantity = models.DecimalField(**MONEY)
+    quantity = money_field()
     events = models.PositiveIntegerField()
-    exact_amount = models.DecimalField(**MONEY)
-    amount = models.DecimalField(**MONEY)  # rounded to cents, once
+    exact_amount = money_field()
+    amount = money_field()  # rounded to cents, once
     # None when the member's usage cost nothing at all: there is nothing to post.
     transaction = models.ForeignKey(
         Transaction, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -364,12 +369,12 @@ class CreditHold(models.Model):
     member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     key = models.CharField(max_length=200, unique=True)
     service = models.CharField(max_length=16, choices=Service.choices)
-    amount = models.DecimalField(**MONEY)
+    amount = money_field()
     state = models.CharField(max_length=16, choices=HoldState.choices, default=HoldState.HELD)
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
-    settled_amount = models.DecimalField(**MONEY, null=True, blank=True)
+    settled_amount = money_field(null=True, blank=True)
 
     class Meta:
         constraints: ClassVar = [
@@ -389,7 +394,7 @@ class SupplierInvoice(models.Model):
     period = models.ForeignKey(BillingPeriod, on_delete=models.PROTECT, related_name="invoices")
     reference = models.CharField(max_length=100)
     invoice_date = models.DateField()
-    amount = models.DecimalField(**MONEY)
+    amount = money_field()
     description = models.CharField(max_length=300, blank=True)
     transaction = models.OneToOneField(Transaction, on_delete=models.PROTECT, related_name="+")
     paid_by = models.OneToOneField(
@@ -411,7 +416,7 @@ class Payment(models.Model):
     """Money a member paid in; its ledger posting is ``transaction``."""
 
     member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    amount = models.DecimalField(**MONEY)
+    amount = money_field()
     received_on = models.DateField()
     reference = models.CharField(max_length=200)
     source_key = models.CharField(max_length=200, unique=True)

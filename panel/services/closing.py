@@ -64,7 +64,7 @@ def split_equally(total: Decimal, parts: int) -> list[Decimal]:
     return [(base + (1 if i < extra else 0)) * CENTS for i in range(parts)]
 
 
-def _aware(day) -> datetime:  # type: ignore[no-untyped-def]
+def _aware(day) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
 
 

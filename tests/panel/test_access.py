@@ -31,7 +31,7 @@ STAFF_ONLY = {
     "staff_trial_balance",
 }
 # Arguments for URLs that take some; access is decided before the object is looked up.
-ARGS = {
+ARGS: dict[str, list[object]] = {
     "statement": ["2026-10"],
     "statement_csv": ["2026-10"],
     "staff_bank_import": [1],

@@ -8,11 +8,11 @@ from panel.models import BankImport, ImportState, MemberBalance, Payment
 from panel.services import bank, ledger
 
 
-def reference_of(member) -> str:  # type: ignore[no-untyped-def]
+def reference_of(member) -> str:
     return ledger.balance_for(member).payment_reference
 
 
-def upload(carol, text: str, django_capture_on_commit_callbacks) -> BankImport:  # type: ignore[no-untyped-def]
+def upload(carol, text: str, django_capture_on_commit_callbacks) -> BankImport:
     with django_capture_on_commit_callbacks(execute=True):  # the import task, eagerly
         created = bank.bank_import_create(
             actor=carol, filename="statement.csv", content=text.encode()

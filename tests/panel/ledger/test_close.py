@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from panel.models import (
+    AccountPurpose,
     AuditEntry,
     BillingPeriod,
     MemberBalance,
@@ -24,14 +25,14 @@ from tests.panel.ledger.conftest import at, pay
 
 
 @pytest.fixture
-def founders(alice, bob):  # type: ignore[no-untyped-def]
+def founders(alice, bob):
     """alice and bob have held their shares since January (alice's is the older one)."""
     Share.objects.filter(user=alice).update(issued_at=at(2026, 1, 1))
     Share.objects.filter(user=bob).update(issued_at=at(2026, 1, 2))
     return alice, bob
 
 
-def record(member, service, kind, quantity, unit, unit_cost, key, when=None):  # type: ignore[no-untyped-def]
+def record(member, service, kind, quantity, unit, unit_cost, key, when=None):
     return ledger.record_usage(
         member=member,
         service=service,
@@ -46,7 +47,7 @@ def record(member, service, kind, quantity, unit, unit_cost, key, when=None):  #
 
 
 @pytest.fixture
-def worked_october(founders, carol, supplier):  # type: ignore[no-untyped-def]
+def worked_october(founders, carol, supplier):
     alice, bob = founders
     pay(alice, "1.00", "alice-prepaid", day=date(2026, 10, 1))
     record(alice, "hosting", "disk", "10", "GB-month", "0.043333", "a-disk")  # 0.433330
@@ -76,7 +77,7 @@ def worked_october(founders, carol, supplier):  # type: ignore[no-untyped-def]
     return october
 
 
-def close(period, actor, deficit_choice="", django_capture_on_commit_callbacks=None):  # type: ignore[no-untyped-def]
+def close(period, actor, deficit_choice="", django_capture_on_commit_callbacks=None):
     closing.period_close_start(period=period, actor=actor, deficit_choice=deficit_choice)
     return closing.period_close_run(period_id=period.pk)
 
@@ -212,7 +213,7 @@ def test_a_deficit_is_covered_as_the_admin_chose(founders, carol, supplier, choi
     balances = dict(
         MemberBalance.objects.filter(member__in=[alice, bob]).values_list("member_id", "posted")
     )
-    reserve = ledger.account_for(purpose="commune_reserve")
+    reserve = ledger.account_for(purpose=AccountPurpose.COMMUNE_RESERVE)
     reserve_debits = sum(leg.debit for leg in reserve.legs.all())
     if choice == "reserve":
         assert reserve_debits == Decimal("1.01")

@@ -14,7 +14,7 @@ from panel.services.ledger import InsufficientCredit, LedgerError
 from tests.panel.ledger.conftest import pay
 
 
-def hold(member, key, amount="1.00", minutes=5):  # type: ignore[no-untyped-def]
+def hold(member, key, amount="1.00", minutes=5):
     return ledger.credit_hold(
         member=member,
         amount=Decimal(amount),

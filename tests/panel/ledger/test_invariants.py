@@ -71,13 +71,13 @@ class LedgerInvariants(TestCase):
         self.supplier = Supplier.objects.create(name="Supplier")
         self.october = ledger.period_for(date(2026, 10, 1))
 
-    def apply(self, ops) -> None:  # type: ignore[no-untyped-def]
+    def apply(self, ops) -> None:
         holds: list[str] = []
         for n, op in enumerate(ops):
             with contextlib.suppress(InsufficientCredit, LedgerError):
                 self.apply_one(n, op, holds)
 
-    def apply_one(self, n, op, holds) -> None:  # type: ignore[no-untyped-def]
+    def apply_one(self, n, op, holds) -> None:
         kind = op[0]
         if kind == "pay":
             ledger.payment_record(

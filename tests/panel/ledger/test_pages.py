@@ -18,20 +18,40 @@ from tests.panel.ledger.conftest import at, pay
 
 
 @pytest.fixture
-def closed_october(alice, bob, carol, supplier):  # type: ignore[no-untyped-def]
+def closed_october(alice, bob, carol, supplier):
     Share.objects.filter(user__in=[alice, bob]).update(issued_at=at(2026, 1, 1))
     pay(alice, "10.00", "a-pay", day=date(2026, 10, 1))
     rate = ledger.cost_rate_set(
-        actor=carol, service="hosting", kind="disk", unit="GB-month", unit_cost=Decimal("0.04"),
-        supplier=supplier, reference="INV-4711", valid_from=date(2026, 1, 1),
+        actor=carol,
+        service="hosting",
+        kind="disk",
+        unit="GB-month",
+        unit_cost=Decimal("0.04"),
+        supplier=supplier,
+        reference="INV-4711",
+        valid_from=date(2026, 1, 1),
     )
     ledger.record_usage(
-        member=alice, service="hosting", kind="disk", quantity=Decimal("12.5"), unit="GB-month",
-        unit_cost=rate.unit_cost, cost_source=rate, occurred_at=at(2026, 10, 3), source_key="disk-a",
+        member=alice,
+        service="hosting",
+        kind="disk",
+        quantity=Decimal("12.5"),
+        unit="GB-month",
+        unit_cost=rate.unit_cost,
+        cost_source=rate,
+        occurred_at=at(2026, 10, 3),
+        source_key="disk-a",
     )
     ledger.record_usage(
-        member=bob, service="hosting", kind="disk", quantity=Decimal("3"), unit="GB-month",
-        unit_cost=rate.unit_cost, cost_source=rate, occurred_at=at(2026, 10, 3), source_key="disk-b",
+        member=bob,
+        service="hosting",
+        kind="disk",
+        quantity=Decimal("3"),
+        unit="GB-month",
+        unit_cost=rate.unit_cost,
+        cost_source=rate,
+        occurred_at=at(2026, 10, 3),
+        source_key="disk-b",
     )
     october = ledger.period_for(date(2026, 10, 1))
     closing.period_close_start(period=october, actor=carol)
@@ -40,8 +60,14 @@ def closed_october(alice, bob, carol, supplier):  # type: ignore[no-untyped-def]
 
 def test_billing_page_shows_balance_reference_and_rated_usage(client, alice, closed_october):
     ledger.record_usage(
-        member=alice, service="calls", kind="call", quantity=Decimal("3"), unit="minute",
-        unit_cost=Decimal("0.0123"), cost_source="Carrier deck v3, row 49", occurred_at=at(2026, 11, 20),
+        member=alice,
+        service="calls",
+        kind="call",
+        quantity=Decimal("3"),
+        unit="minute",
+        unit_cost=Decimal("0.0123"),
+        cost_source="Carrier deck v3, row 49",
+        occurred_at=at(2026, 11, 20),
         source_key="call-1",
     )
     client.force_login(alice)
@@ -60,9 +86,15 @@ def test_statement_and_csv_show_only_the_members_own_lines(client, alice, bob, c
     assert "0.50" in page  # 12.5 x 0.04
     exported = client.get(reverse("statement_csv", args=["2026-10"]))
     rows = list(csv.DictReader(io.StringIO(exported.content.decode())))
-    assert [(r["service"], r["quantity"], r["amount"]) for r in rows] == [("hosting", "12.500000", "0.500000")]
+    assert [(r["service"], r["quantity"], r["amount"]) for r in rows] == [
+        ("hosting", "12.500000", "0.500000")
+    ]
     client.force_login(bob)
-    bobs = list(csv.DictReader(io.StringIO(client.get(reverse("statement_csv", args=["2026-10"])).content.decode())))
+    bobs = list(
+        csv.DictReader(
+            io.StringIO(client.get(reverse("statement_csv", args=["2026-10"])).content.decode())
+        )
+    )
     assert [r["quantity"] for r in bobs] == ["3.000000"]
     assert client.get(reverse("statement", args=["1999-01"])).status_code == 404
     assert client.get(reverse("statement", args=["nonsense"])).status_code == 404
@@ -76,11 +108,20 @@ def test_commune_page_shows_each_closed_period(client, bob, closed_october):
     assert "0.31" in page  # per head
 
 
-def test_close_wizard_preview_confirm_progress(client, alice, carol, supplier, django_capture_on_commit_callbacks):
+def test_close_wizard_preview_confirm_progress(
+    client, alice, carol, supplier, django_capture_on_commit_callbacks
+):
     Share.objects.filter(user=alice).update(issued_at=at(2026, 1, 1))
     ledger.record_usage(
-        member=alice, service="hosting", kind="disk", quantity=Decimal("1"), unit="GB-month",
-        unit_cost=Decimal("2.345"), cost_source="x", occurred_at=at(2026, 10, 9), source_key="w1",
+        member=alice,
+        service="hosting",
+        kind="disk",
+        quantity=Decimal("1"),
+        unit="GB-month",
+        unit_cost=Decimal("2.345"),
+        cost_source="x",
+        occurred_at=at(2026, 10, 9),
+        source_key="w1",
     )
     october = ledger.period_for(date(2026, 10, 1))
     client.force_login(carol)
@@ -106,7 +147,13 @@ def test_manual_payment_booked_once_even_if_submitted_twice(client, alice, carol
     client.force_login(carol)
     page = client.get(reverse("staff_payments")).content.decode()
     nonce = re.search(r'name="nonce" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
-    data = {"member": alice.pk, "amount": "12.34", "received_on": "2026-11-20", "reference": "cash", "nonce": nonce}
+    data = {
+        "member": alice.pk,
+        "amount": "12.34",
+        "received_on": "2026-11-20",
+        "reference": "cash",
+        "nonce": nonce,
+    }
     assert client.post(reverse("staff_payments"), data).status_code == 302
     assert client.post(reverse("staff_payments"), data).status_code == 302
     assert Payment.objects.filter(member=alice).count() == 1
@@ -114,7 +161,9 @@ def test_manual_payment_booked_once_even_if_submitted_twice(client, alice, carol
 
 def test_bank_upload_page_lists_line_errors(client, carol, django_capture_on_commit_callbacks):
     client.force_login(carol)
-    upload = SimpleUploadedFile("s.csv", b"date,amount,reference\n2026-11-01,abc,CP000001\n", content_type="text/csv")
+    upload = SimpleUploadedFile(
+        "s.csv", b"date,amount,reference\n2026-11-01,abc,CP000001\n", content_type="text/csv"
+    )
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(reverse("staff_bank_upload"), {"statement": upload})
     page = client.get(response["Location"]).content.decode()

@@ -12,11 +12,11 @@ from panel.services import ledger
 from panel.services.ledger import LedgerError, LegSpec
 
 
-def bank():  # type: ignore[no-untyped-def]
+def bank():
     return ledger.account_for(purpose=AccountPurpose.BANK)
 
 
-def reserve():  # type: ignore[no-untyped-def]
+def reserve():
     return ledger.account_for(purpose=AccountPurpose.COMMUNE_RESERVE)
 
 

@@ -11,7 +11,7 @@ from panel.services.ledger import LedgerError, UsageBatchError, UsageConflict, U
 from tests.panel.ledger.conftest import at
 
 
-def usage(member, key="u1", quantity="2.5", unit_cost="0.123457", when=None, service="hosting"):  # type: ignore[no-untyped-def]
+def usage(member, key="u1", quantity="2.5", unit_cost="0.123457", when=None, service="hosting"):
     return ledger.record_usage(
         member=member,
         service=service,
@@ -59,7 +59,7 @@ def test_bad_usage_says_what_is_wrong(alice):
         usage(alice, when=naive)
 
 
-def batch_of(members, n, prefix="b", cost="0.0021"):  # type: ignore[no-untyped-def]
+def batch_of(members, n, prefix="b", cost="0.0021"):
     return [
         UsageInput(
             member_id=members[i % len(members)].pk,

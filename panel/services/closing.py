@@ -31,7 +31,6 @@ from panel.models import (
     Share,
     StatementLine,
     SupplierInvoice,
-    Transaction,
     TransactionKind,
     UsageEvent,
     User,
@@ -235,20 +234,22 @@ def period_close_start(
         raise LedgerError("close the earlier periods first")
     if deficit_choice and deficit_choice not in DeficitChoice.values:
         raise LedgerError(f"unknown deficit choice {deficit_choice!r}")
+    # The preview runs before the lock: new usage can only raise cost recovery, so a period
+    # found without a deficit here cannot end in one.
+    preview = close_preview(period=period)
+    if preview.result < 0 and preview.members and not deficit_choice:
+        raise LedgerError("the period ends in a deficit: choose how the commune covers it")
     with transaction.atomic():
         if connection.vendor == "postgresql":
             # Waits for usage inserts in flight to commit, so that no id below the cutoff can
-            # still appear afterwards.
+            # still appear afterwards; held only for the few statements below.
             with connection.cursor() as cursor:
                 cursor.execute("LOCK TABLE panel_usageevent IN SHARE MODE")
         cutoff = UsageEvent.objects.aggregate(m=Max("id"))["m"] or 0
-        preview = close_preview(period=period, cutoff=cutoff)
-        if preview.result < 0 and preview.members and not deficit_choice:
-            raise LedgerError("the period ends in a deficit: choose how the commune covers it")
         started = BillingPeriod.objects.filter(pk=period.pk, state=PeriodState.OPEN).update(
             state=PeriodState.CLOSING,
             usage_cutoff=cutoff,
-            deficit_choice=deficit_choice if preview.result < 0 else "",
+            deficit_choice=deficit_choice,
             closed_by=actor,
             close_progress=0,
             close_total=len(preview.lines),
@@ -283,6 +284,9 @@ def period_close_run(*, period_id: int) -> BillingPeriod:
     if period.state != PeriodState.CLOSING or period.usage_cutoff is None:
         raise LedgerError(f"period {period} is {period.state}; confirm the close first")
     preview = close_preview(period=period, cutoff=period.usage_cutoff)
+    BillingPeriod.objects.filter(pk=period.pk).update(
+        close_total=len(preview.lines), close_progress=0
+    )
     members = {u.pk: u for u in User.objects.filter(pk__in=preview.lines)}
     for member_id in sorted(preview.lines):
         _charge_member(period, members[member_id], preview.lines[member_id])
@@ -294,8 +298,12 @@ def _charge_member(period: BillingPeriod, member: User, lines: list[Line]) -> No
     with transaction.atomic():
         balance_for(member)
         MemberBalance.objects.select_for_update().get(member=member)
-        if Transaction.objects.filter(kind=TransactionKind.USAGE_CHARGE, source_key=key).exists():
-            return  # charged by an earlier run of this close
+        if StatementLine.objects.filter(period=period, member=member).exists():
+            # Charged by an earlier run of this close (lines and charge commit together).
+            BillingPeriod.objects.filter(pk=period.pk).update(
+                close_progress=F("close_progress") + 1
+            )
+            return
         total = sum((line.amount for line in lines), ZERO)
         exact = sum((line.exact for line in lines), ZERO)
         txn = None

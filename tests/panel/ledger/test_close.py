@@ -236,3 +236,15 @@ def test_periods_close_in_order_and_only_when_over(founders, carol):
 def test_members_may_not_close(founders, alice):
     with pytest.raises(LedgerError, match="may not close"):
         closing.period_close_start(period=ledger.period_for(date(2026, 10, 1)), actor=alice)
+
+
+def test_a_rerun_does_not_repeat_lines_of_free_usage(founders, carol):
+    alice, _ = founders
+    record(alice, "hosting", "disk", "5", "GB-month", "0", "free-disk", when=at(2026, 10, 3))
+    october = ledger.period_for(date(2026, 10, 1))
+    closing.period_close_start(period=october, actor=carol)
+    preview = closing.close_preview(period=october)
+    closing._charge_member(october, alice, preview.lines[alice.pk])
+    closing.period_close_run(period_id=october.pk)
+    assert StatementLine.objects.filter(member=alice).count() == 1
+    assert BillingPeriod.objects.get(pk=october.pk).close_progress == 1

@@ -12,7 +12,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from panel import services
@@ -40,6 +40,7 @@ from panel.models import (
     UsageEvent,
     User,
 )
+from panel.selectors.ledger import overlapping_cost_rates
 from panel.services import ledger
 
 
@@ -207,13 +208,10 @@ class CostRateForm(forms.ModelForm):
         data = super().clean() or {}
         start, end = data.get("valid_from"), data.get("valid_to")
         if start and data.get("service") and data.get("kind"):
-            # An open-ended earlier rate is ended by the new one; anything else overlapping is
-            # refused here with a message (and by the database's exclusion constraint).
-            overlapping = CostRate.objects.filter(service=data["service"], kind=data["kind"])
-            overlapping = overlapping.exclude(valid_to__isnull=True, valid_from__lt=start)
-            overlapping = overlapping.filter(Q(valid_to__isnull=True) | Q(valid_to__gt=start))
-            if end:
-                overlapping = overlapping.filter(valid_from__lt=end)
+            # Refused here with a message; the database's exclusion constraint is the backstop.
+            overlapping = overlapping_cost_rates(
+                service=data["service"], kind=data["kind"], start=start, end=end
+            )
             if overlapping.exists():
                 self.add_error(
                     "valid_from", "Another rate of this service and kind covers part of this time."

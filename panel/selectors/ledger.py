@@ -17,6 +17,7 @@ from panel.models import (
     AccountType,
     BankImport,
     BillingPeriod,
+    CostRate,
     CreditHold,
     HoldState,
     Leg,
@@ -246,3 +247,16 @@ def members_for_choice() -> QuerySet[User]:
         .distinct()
         .order_by("email")
     )
+
+
+def overlapping_cost_rates(
+    *, service: str, kind: str, start: date, end: date | None
+) -> QuerySet[CostRate]:
+    """Rates of the same service and kind that share time with [start, end).
+
+    An open-ended rate that starts earlier is not counted: a new rate ends it (cost_rate_set).
+    """
+    rates = CostRate.objects.filter(service=service, kind=kind)
+    rates = rates.exclude(valid_to__isnull=True, valid_from__lt=start)
+    rates = rates.filter(Q(valid_to__isnull=True) | Q(valid_to__gt=start))
+    return rates.filter(valid_from__lt=end) if end else rates

@@ -9,6 +9,7 @@ is one transaction guarded by the period's state.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
@@ -388,9 +389,9 @@ def _finish(period: BillingPeriod) -> BillingPeriod:
         parts = preview.parts
         if result > 0 and parts and preview.distributable > 0:
             legs = [LegSpec(undistributed, debit=preview.distributable)]
-            for member_id, part in zip(preview.members, parts, strict=True):
-                if part > 0:
-                    legs += member_incoming_legs(members[member_id], part, memo=f"surplus {period}")
+            legs += _per_head(
+                members, preview.members, parts, member_incoming_legs, f"surplus {period}"
+            )
             post(
                 kind=TransactionKind.SURPLUS_DISTRIBUTION,
                 source_key=f"surplus:{period}",
@@ -413,9 +414,9 @@ def _finish(period: BillingPeriod) -> BillingPeriod:
             )
         elif result < 0 and period.deficit_choice == DeficitChoice.PER_HEAD and parts:
             legs = [LegSpec(undistributed, credit=-preview.distributable)]
-            for member_id, part in zip(preview.members, parts, strict=True):
-                if part > 0:
-                    legs += member_outgoing_legs(members[member_id], part, memo=f"deficit {period}")
+            legs += _per_head(
+                members, preview.members, parts, member_outgoing_legs, f"deficit {period}"
+            )
             post(
                 kind=TransactionKind.DEFICIT_CHARGE,
                 source_key=f"deficit:{period}",
@@ -448,6 +449,21 @@ def _finish(period: BillingPeriod) -> BillingPeriod:
             after={"result": result, "members": period.members, "per_head": period.per_head},
         )
     return period
+
+
+def _per_head(
+    members: dict[int, User],
+    order: list[int],
+    parts: list[Decimal],
+    legs_for: Callable[..., list[LegSpec]],
+    memo: str,
+) -> list[LegSpec]:
+    """The members' side of a split: one part each, in share order."""
+    legs: list[LegSpec] = []
+    for member_id, part in zip(order, parts, strict=True):
+        if part > 0:
+            legs += legs_for(members[member_id], part, memo=memo)
+    return legs
 
 
 def _closing_legs(period: BillingPeriod) -> list[LegSpec]:

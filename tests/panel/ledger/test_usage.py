@@ -171,3 +171,35 @@ def test_usage_can_name_its_cost_rate(alice, carol, supplier):
     )
     assert event.cost_rate == rate
     assert "INV-2026-117" in event.cost_source
+
+
+def test_admin_enters_cost_rates_through_the_service_and_sees_overlaps(client, carol, supplier):
+    from datetime import date
+
+    from django.urls import reverse
+
+    from panel.models import AuditEntry, CostRate
+
+    client.force_login(carol)
+    data = {
+        "service": "hosting",
+        "kind": "disk",
+        "unit": "GB-month",
+        "unit_cost": "0.04",
+        "supplier": supplier.pk,
+        "reference": "INV-1",
+        "valid_from": "2026-01-01",
+        "valid_to": "2026-06-01",
+    }
+    assert client.post(reverse("admin:panel_costrate_add"), data).status_code == 302
+    overlapping = client.post(
+        reverse("admin:panel_costrate_add"), {**data, "valid_from": "2026-03-01", "valid_to": ""}
+    )
+    assert overlapping.status_code == 200
+    assert (
+        "Another rate of this service and kind covers part of this time."
+        in overlapping.content.decode()
+    )
+    assert CostRate.objects.count() == 1
+    assert CostRate.objects.get().valid_to == date(2026, 6, 1)
+    assert AuditEntry.objects.filter(action="cost_rate.set", actor=carol).count() == 1

@@ -219,20 +219,27 @@ def close_preview(*, period: BillingPeriod, cutoff: int | None = None) -> CloseP
     return preview
 
 
+def why_not_closable(period: BillingPeriod) -> str:
+    """Why ``period`` cannot be closed now, or "" when it can."""
+    if period.state != PeriodState.OPEN:
+        return f"period {period} is {period.state}"
+    if timezone.localdate() < period.ends_on:
+        return f"period {period} has not ended yet"
+    earlier = BillingPeriod.objects.filter(starts_on__lt=period.starts_on)
+    if earlier.exclude(state=PeriodState.CLOSED).exists():
+        return "close the earlier periods first"
+    return ""
+
+
 def period_close_start(
     *, period: BillingPeriod, actor: User, deficit_choice: str = ""
 ) -> BillingPeriod:
     """Confirm the close: fix the usage cutoff, stop other postings, start the task."""
     if not actor.has_perm("panel.change_billingperiod"):
         raise LedgerError("you may not close billing periods")
-    if timezone.localdate() < period.ends_on:
-        raise LedgerError(f"period {period} has not ended yet")
-    if (
-        BillingPeriod.objects.filter(starts_on__lt=period.starts_on)
-        .exclude(state=PeriodState.CLOSED)
-        .exists()
-    ):
-        raise LedgerError("close the earlier periods first")
+    reason = why_not_closable(period)
+    if reason:
+        raise LedgerError(reason)
     if deficit_choice and deficit_choice not in DeficitChoice.values:
         raise LedgerError(f"unknown deficit choice {deficit_choice!r}")
     # The preview runs before the lock: new usage can only raise cost recovery, so a period

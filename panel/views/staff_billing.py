@@ -26,11 +26,10 @@ def _htmx(request: HttpRequest) -> bool:
 @permission_required("panel.view_billingperiod")
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "panel/staff/billing/overview.html",
-        {"periods": selectors.periods_for_staff(), "currency": settings.CURRENCY},
-    )
+    periods = list(selectors.periods_for_staff())
+    closable = next((p for p in reversed(periods) if not closing.why_not_closable(p)), None)
+    context = {"periods": periods, "closable": closable, "currency": settings.CURRENCY}
+    return render(request, "panel/staff/billing/overview.html", context)
 
 
 @permission_required("panel.add_payment")
@@ -163,11 +162,15 @@ def close(request: HttpRequest, pk: int) -> HttpResponse:
         (members[member_id], lines, sum(line.amount for line in lines))
         for member_id, lines in sorted(preview.lines.items())
     ]
-    return render(
-        request,
-        "panel/staff/billing/close.html",
-        {"period": period, "p": preview, "rows": rows, "form": form, "currency": settings.CURRENCY},
-    )
+    context = {
+        "period": period,
+        "p": preview,
+        "rows": rows,
+        "form": form,
+        "blocked": closing.why_not_closable(period),
+        "currency": settings.CURRENCY,
+    }
+    return render(request, "panel/staff/billing/close.html", context)
 
 
 @permission_required("panel.view_billingperiod")

@@ -1,0 +1,62 @@
+"""A Debian rootfs for test hosts, built once with debootstrap and cached.
+
+    python -m tests.hosts.rootfs        # build if missing, print the path
+
+The cache key is the package list, so adding a package builds a fresh one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("TESTHOST_MIRROR", "http://deb.debian.org/debian")
+PACKAGES = sorted(
+    [
+        "ca-certificates", "curl", "iproute2", "lego", "nginx-light", "openssh-server",
+        "openssh-sftp-server", "openssl", "passwd", "pebble", "php8.2-fpm", "procps", "python3",
+        "sudo",
+    ]
+)
+
+
+def cache_root() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "commune-panel"
+
+
+def rootfs_path() -> Path:
+    key = hashlib.sha256(f"{SUITE}|{MIRROR}|{','.join(PACKAGES)}".encode()).hexdigest()[:12]
+    return cache_root() / f"rootfs-{SUITE}-{key}"
+
+
+def ensure_rootfs() -> Path:
+    """The cached rootfs; built (about a minute) when missing. Needs root and debootstrap."""
+    target = rootfs_path()
+    if (target / ".complete").exists():
+        return target
+    if os.geteuid() != 0:
+        raise RuntimeError("building the test host rootfs needs root (bin/test runs as root or with sudo)")
+    if not shutil.which("debootstrap"):
+        raise RuntimeError("debootstrap is missing (bin/test installs it)")
+    building = target.with_name(target.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    building.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), MIRROR],
+        check=True,
+    )
+    (building / ".complete").write_text(",".join(PACKAGES))
+    shutil.rmtree(target, ignore_errors=True)
+    building.rename(target)
+    return target
+
+
+if __name__ == "__main__":
+    print(ensure_rootfs())
+    sys.exit(0)

@@ -1,0 +1,322 @@
+"""A real hosting node for tests: Debian in a chroot, in its own mount and PID namespaces.
+
+The cached rootfs is the lower layer of an overlay, so every test host starts clean and the
+cache is never written. sshd, nginx, PHP-FPM, Pebble (the ACME server) and its DNS helper
+listen on 127.0.0.1 high ports. The node agent is installed with provisioning/agent/install.sh,
+the same steps the Ansible role takes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = ROOT / "provisioning" / "agent" / "panel_agent.py"
+INSTALL = ROOT / "provisioning" / "agent" / "install.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"test host exited with {proc.returncode}")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def _minica(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a certificate for 127.0.0.1 / localhost (Pebble's own HTTPS)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test host minica")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_path, cert_path, key_path = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+NGINX_CONF = """user www-data;
+worker_processes 2;
+pid /run/nginx.pid;
+error_log /var/log/nginx/error.log;
+events {{ worker_connections 512; }}
+http {{
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    sendfile on;
+    server_names_hash_bucket_size 128;
+    server_names_hash_max_size 4096;
+    access_log /var/log/nginx/access.log;
+    include /etc/nginx/conf.d/*.conf;
+    server {{
+        listen {http_port} default_server;
+        server_name _;
+        return 404;
+    }}
+}}
+"""
+
+INIT = """#!/bin/sh
+# PID 1 of the test host: install the agent, start the services, keep sshd in front.
+set -e
+mkdir -p /run/sshd /run/php /var/log/nginx /tmp
+chmod 1777 /tmp
+/usr/local/lib/panel-agent/install.sh /testhost/panel_agent.py /testhost/config.json /testhost/panel.pub
+ssh-keygen -A >/dev/null
+php-fpm8.2 --daemonize --fpm-config /etc/php/8.2/fpm/php-fpm.conf
+nginx
+pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" -dns01 127.0.0.1:{dns_port} \\
+  -http01 "" -https01 "" -tlsalpn01 "" -doh "" -management 127.0.0.1:{challtest_port} \\
+  >/var/log/challtestsrv.log 2>&1 &
+PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \\
+  pebble -config /testhost/pebble.json -dnsserver 127.0.0.1:{dns_port} -strict=false \\
+  >/var/log/pebble.log 2>&1 &
+/usr/local/sbin/testhost-sshd
+# PID 1 only keeps the namespace alive; sshd can be stopped and started under it.
+exec sleep infinity
+"""
+
+SSHD = """#!/bin/sh
+exec /usr/sbin/sshd -E /var/log/sshd.log -p {ssh_port} -o ListenAddress=127.0.0.1 -o UseDNS=no \\
+  -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no -o LogLevel=VERBOSE
+"""
+
+
+@dataclass
+class TestHost:
+    rootfs: Path
+    workdir: Path
+    panel_public_key: str
+    ssh_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)
+    pebble_port: int = field(default_factory=free_port)
+    pebble_mgmt_port: int = field(default_factory=free_port)
+    dns_port: int = field(default_factory=free_port)
+    challtest_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    host_key: str = ""
+    ca_path: Path | None = None
+
+    @property
+    def upper(self) -> Path:
+        return self.workdir / "upper"
+
+    @property
+    def merged(self) -> Path:
+        return self.workdir / "merged"
+
+    @property
+    def acme_directory(self) -> str:
+        return f"https://127.0.0.1:{self.pebble_port}/dir"
+
+    def _stage(self) -> None:
+        """Files for the host, written into the overlay's upper layer before it is mounted."""
+        for sub in ("upper", "work", "merged"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        stage = self.upper / "testhost"
+        stage.mkdir(parents=True, exist_ok=True)
+        shutil.copy(AGENT, stage / "panel_agent.py")
+        lib = self.upper / "usr" / "local" / "lib" / "panel-agent"
+        lib.mkdir(parents=True, exist_ok=True)
+        shutil.copy(INSTALL, lib / "install.sh")
+        (stage / "panel.pub").write_text(self.panel_public_key + "\n")
+        ca, cert, key = _minica(stage / "pebble-tls")
+        self.ca_path = ca
+        (stage / "config.json").write_text(
+            json.dumps(
+                {
+                    "sites_root": "/srv/sites",
+                    "vhost_dir": "/etc/nginx/panel-sites",
+                    "state_dir": "/var/lib/panel-agent",
+                    "backup_dir": "/var/backups/panel",
+                    "log_dir": "/var/log/nginx/panel",
+                    "http_port": self.http_port,
+                    "https_port": self.https_port,
+                    "php_fpm_reload": ["sh", "-c", "kill -USR2 $(cat /run/php/php8.2-fpm.pid)"],
+                    "acme_ca_bundle": "/testhost/pebble-tls/ca.pem",
+                    "reload_settle_s": 0.2,
+                }
+            )
+        )
+        (stage / "pebble.json").write_text(
+            json.dumps(
+                {
+                    "pebble": {
+                        "listenAddress": f"127.0.0.1:{self.pebble_port}",
+                        "managementListenAddress": f"127.0.0.1:{self.pebble_mgmt_port}",
+                        "certificate": "/testhost/pebble-tls/cert.pem",
+                        "privateKey": "/testhost/pebble-tls/key.pem",
+                        "httpPort": self.http_port,
+                        "tlsPort": self.https_port,
+                        "ocspResponderURL": "",
+                        "externalAccountBindingRequired": False,
+                    }
+                }
+            )
+        )
+        nginx = self.upper / "etc" / "nginx"
+        nginx.mkdir(parents=True, exist_ok=True)
+        (nginx / "nginx.conf").write_text(NGINX_CONF.format(http_port=self.http_port))
+        sbin = self.upper / "usr" / "local" / "sbin"
+        sbin.mkdir(parents=True, exist_ok=True)
+        init = sbin / "testhost-init"
+        init.write_text(
+            INIT.format(
+                ssh_port=self.ssh_port, dns_port=self.dns_port, challtest_port=self.challtest_port
+            )
+        )
+        init.chmod(0o755)
+        sshd = sbin / "testhost-sshd"
+        sshd.write_text(SSHD.format(ssh_port=self.ssh_port))
+        sshd.chmod(0o755)
+
+    def start(self) -> TestHost:
+        self._stage()
+        launch = (
+            "set -e; "
+            f"mount -t overlay overlay -o lowerdir={self.rootfs},upperdir={self.upper},"
+            f"workdir={self.workdir / 'work'} {self.merged}; "
+            f"mount --rbind /dev {self.merged}/dev; "
+            f"mount -t proc proc {self.merged}/proc; "
+            f"mount -t tmpfs -o mode=755 tmpfs {self.merged}/run; "
+            f"exec chroot {self.merged} /usr/local/sbin/testhost-init"
+        )
+        log = (self.workdir / "host.log").open("wb")
+        self.proc = subprocess.Popen(  # noqa: S603
+            ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "sh", "-c", launch],  # noqa: S607
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            for port in (self.ssh_port, self.http_port, self.pebble_port):
+                wait_for_port(port, proc=self.proc, timeout=60)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"test host did not start:\n{self.log()}") from None
+        self.host_key = " ".join(self.run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).split()[:2])
+        return self
+
+    def log(self) -> str:
+        path = self.workdir / "host.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def init_pid(self) -> int:
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return int(children[0])
+
+    def run(self, cmd: list[str], *, check: bool = True, input: str | None = None) -> str:
+        """Run a command inside the host (its mounts, its PIDs, its root)."""
+        done = subprocess.run(  # noqa: S603
+            ["nsenter", "--target", str(self.init_pid()), "--mount", "--pid", "chroot", str(self.merged), *cmd],  # noqa: S607
+            capture_output=True,
+            text=True,
+            input=input,
+            check=False,
+            timeout=60,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{cmd} failed in the test host: {done.stderr}")
+        return done.stdout
+
+    def exists(self, path: str) -> bool:
+        return self.run(["sh", "-c", 'test -e "$1" && echo yes', "sh", path], check=False).strip() == "yes"
+
+    def stop_sshd(self) -> None:
+        """Stop listening for SSH (sessions in progress go on, as with a real restart)."""
+        self.run(["sh", "-c", "kill $(cat /run/sshd.pid)"])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.ssh_port)) != 0:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError("sshd did not stop")
+
+    def start_sshd(self) -> None:
+        self.run(["/usr/local/sbin/testhost-sshd"])
+        wait_for_port(self.ssh_port)
+
+    def http(self, host: str, path: str = "/", *, tls: bool = False, timeout: float = 5.0) -> tuple[int, str]:
+        """GET with a Host header against the node's nginx, like a browser for that domain."""
+        port = self.https_port if tls else self.http_port
+        scheme = "https" if tls else "http"
+        request = urllib.request.Request(f"{scheme}://127.0.0.1:{port}{path}", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()

@@ -412,7 +412,36 @@ def site_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         except Failed:
             paths["vhost"].unlink()  # never leave a configuration nginx refuses
             raise
-    return {"changed": changed, **site_state(config, user)}
+    expected = 503 if spec["state"] == "suspended" else None
+    return {"changed": changed, "served": served(config, spec["domains"][0], expected), **site_state(config, user)}
+
+
+def served(config: dict[str, Any], name: str, expected: int | None, wait_s: float = 5.0) -> int:
+    """The HTTP status the node's web server gives for ``name`` once the reload took effect.
+
+    A reload is asynchronous (old workers finish their requests), so ask until the answer is
+    the one this configuration gives, or the time is up; the status found is reported.
+    """
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + wait_s
+    status = 0
+    while True:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{config['http_port']}/", headers={"Host": name}, method="HEAD"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError:
+            status = 0
+        good = status == expected if expected else status in (200, 301, 302, 403)
+        if good or time.monotonic() > deadline:
+            return status
+        time.sleep(0.05)
 
 
 def keys_ensure(config: dict[str, Any], user: str, keys: list[str]) -> bool:

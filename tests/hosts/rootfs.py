@@ -51,6 +51,9 @@ def ensure_rootfs() -> Path:
         ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), MIRROR],
         check=True,
     )
+    # A node's SSH host keys are its own: none may come from the shared image.
+    for host_key in (building / "etc" / "ssh").glob("ssh_host_*"):
+        host_key.unlink()
     (building / ".complete").write_text(",".join(PACKAGES))
     shutil.rmtree(target, ignore_errors=True)
     building.rename(target)

@@ -124,11 +124,13 @@ set -e
 mkdir -p /run/sshd /run/php /var/log/nginx /tmp
 chmod 1777 /tmp
 /usr/local/lib/panel-agent/install.sh /testhost/panel_agent.py /testhost/config.json /testhost/panel.pub
+# Every host gets its own keys (the cached rootfs must not hand out the same ones).
+rm -f /etc/ssh/ssh_host_*
 ssh-keygen -A >/dev/null
 php-fpm8.2 --daemonize --fpm-config /etc/php/8.2/fpm/php-fpm.conf
 nginx
 pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" -dns01 127.0.0.1:{dns_port} \\
-  -http01 "" -https01 "" -tlsalpn01 "" -doh "" -management 127.0.0.1:{challtest_port} \\
+  -http01 "" -https01 "" -tlsalpn01 "" -management 127.0.0.1:{challtest_port} \\
   >/var/log/challtestsrv.log 2>&1 &
 PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \\
   pebble -config /testhost/pebble.json -dnsserver 127.0.0.1:{dns_port} -strict=false \\

@@ -18,6 +18,15 @@ app.autodiscover_tasks()
 app.conf.beat_schedule = {
     "heartbeat": {"task": "panel.tasks.heartbeat", "schedule": 60.0},
     "release-expired-holds": {"task": "panel.tasks.release_expired_holds", "schedule": 60.0},
+    "hosting-retry-stuck-jobs": {"task": "provisioning.tasks.retry_stuck_jobs", "schedule": 60.0},
+    "hosting-purge-due-sites": {
+        "task": "provisioning.tasks.purge_due_sites",
+        "schedule": crontab(minute="5"),
+    },
+    "hosting-collect-usage": {
+        "task": "provisioning.tasks.collect_usage",
+        "schedule": crontab(minute="0"),
+    },
     "purge-expired-sessions": {
         "task": "panel.tasks.purge_expired_sessions",
         "schedule": crontab(hour="3", minute="17"),

@@ -232,7 +232,9 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
 
 # Hosting -------------------------------------------------------------------------------
 # The panel's SSH key for node agents; generated here on first use, never in the repository.
-PROVISIONING_SSH_KEY_FILE = env_path("PROVISIONING_SSH_KEY_FILE", STATE_DIR / "ssh" / "panel_ed25519")
+PROVISIONING_SSH_KEY_FILE = env_path(
+    "PROVISIONING_SSH_KEY_FILE", STATE_DIR / "ssh" / "panel_ed25519"
+)
 ACME_DIRECTORY_URL = env_str("ACME_DIRECTORY_URL", "https://acme-v02.api.letsencrypt.org/directory")
 ACME_EMAIL = env_str("ACME_EMAIL", "hostmaster@localhost")
 SITE_PURGE_AFTER_DAYS = env_int("SITE_PURGE_AFTER_DAYS", 14, minimum=0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -76,7 +75,9 @@ def panel_public_key() -> str:
 # Calling the agent -----------------------------------------------------------------------------
 
 
-def call_agent(endpoint: Endpoint, request: dict[str, Any], *, timeout: float = 120.0) -> dict[str, Any]:
+def call_agent(
+    endpoint: Endpoint, request: dict[str, Any], *, timeout: float = 120.0
+) -> dict[str, Any]:
     """Send one request to a node's agent; return its ``result`` or raise AgentError."""
     payload = json.dumps(request)
     if endpoint.transport == "local":
@@ -89,7 +90,8 @@ def call_agent(endpoint: Endpoint, request: dict[str, Any], *, timeout: float = 
         raise AgentError(f"the agent answered no JSON: {raw[:300]!r}", permanent=False) from None
     if not answer.get("ok"):
         raise AgentError(
-            f"agent: {answer.get('error', 'unknown error')}", permanent=bool(answer.get("permanent"))
+            f"agent: {answer.get('error', 'unknown error')}",
+            permanent=bool(answer.get("permanent")),
         )
     result = answer.get("result", {})
     if answer.get("replayed"):
@@ -128,15 +130,21 @@ def _call_ssh(endpoint: Endpoint, payload: str, timeout: float) -> str:
             else None,
         )
     except paramiko.BadHostKeyException as exc:
-        raise AgentError(f"the node's host key changed ({exc}); nothing was sent", permanent=True) from None
+        raise AgentError(
+            f"the node's host key changed ({exc}); nothing was sent", permanent=True
+        ) from None
     except paramiko.AuthenticationException as exc:
         raise AgentError(f"the node refused the panel's key: {exc}", permanent=True) from None
     except paramiko.SSHException as exc:
         if "not found in known_hosts" in str(exc) or "known_hosts" in str(exc):
-            raise AgentError(f"the node's host key is not the pinned one: {exc}", permanent=True) from None
+            raise AgentError(
+                f"the node's host key is not the pinned one: {exc}", permanent=True
+            ) from None
         raise AgentError(f"SSH: {exc}", permanent=False) from None
-    except (OSError, socket.timeout) as exc:
-        raise AgentError(f"cannot reach {endpoint.host}:{endpoint.port}: {exc}", permanent=False) from None
+    except (TimeoutError, OSError) as exc:
+        raise AgentError(
+            f"cannot reach {endpoint.host}:{endpoint.port}: {exc}", permanent=False
+        ) from None
     try:
         stdin, stdout, stderr = client.exec_command(AGENT_COMMAND, timeout=timeout)
         stdin.write(payload)
@@ -147,7 +155,7 @@ def _call_ssh(endpoint: Endpoint, payload: str, timeout: float) -> str:
             err = stderr.read(4000).decode(errors="replace")
             raise AgentError(f"the agent answered nothing (exit {status}): {err}", permanent=False)
         return raw
-    except (OSError, socket.timeout, paramiko.SSHException) as exc:
+    except (TimeoutError, OSError, paramiko.SSHException) as exc:
         raise AgentError(f"the connection broke: {exc}", permanent=False) from None
     finally:
         client.close()

@@ -26,7 +26,7 @@ install -d -m 0755 -o root -g root /srv/sites /etc/nginx/panel-sites /var/log/ng
 install -d -m 0700 -o root -g root /var/backups/panel
 
 # The root helper writes state too (acme, pages); the unprivileged agent owns the rest.
-install -d -m 0755 -o root -g root /var/lib/panel-agent/acme /var/lib/panel-agent/pages
+install -d -m 0755 -o root -g root /var/lib/panel-agent/acme /var/www/panel-pages
 
 printf 'panel-agent ALL=(root) NOPASSWD: %s --root\n' "$lib/panel-agent" > /etc/sudoers.d/panel-agent
 chmod 0440 /etc/sudoers.d/panel-agent

@@ -112,8 +112,16 @@ def validate(request: Any) -> dict[str, Any]:
         raise Refused("spec is a JSON object")
     clean: dict[str, Any] = {}
     allowed: set[str] = set()
-    if verb in {"site.ensure", "site.suspend", "site.resume", "site.remove", "site.purge",
-                "key.ensure", "cert.ensure", "db.ensure"}:
+    if verb in {
+        "site.ensure",
+        "site.suspend",
+        "site.resume",
+        "site.remove",
+        "site.purge",
+        "key.ensure",
+        "cert.ensure",
+        "db.ensure",
+    }:
         clean["user"] = field(spec, "user", USER)
         allowed.add("user")
     if verb in {"site.ensure", "site.suspend", "site.resume", "cert.ensure"}:
@@ -181,6 +189,8 @@ def load_config() -> dict[str, Any]:
     config.setdefault("nginx", ["nginx"])
     config.setdefault("php_fpm_reload", ["pkill", "-USR2", "-f", "php-fpm: master"])
     config.setdefault("reload_settle_s", 0.3)
+    # Readable by the web server's workers (the agent's own state directory is not).
+    config["pages_dir"] = Path(config.get("pages_dir", "/var/www/panel-pages"))
     return config
 
 
@@ -201,7 +211,9 @@ def run(cmd: list[str], *, stdin: str | None = None, timeout: int = 120) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise Failed(f"{cmd[0]}: {exc}") from exc
     if done.returncode != 0:
-        raise Failed(f"{' '.join(cmd[:3])} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        raise Failed(
+            f"{' '.join(cmd[:3])} failed ({done.returncode}): {done.stderr.strip()[-500:]}"
+        )
     return done.stdout
 
 
@@ -300,7 +312,7 @@ def render_vhost(config: dict[str, Any], spec: dict[str, Any], paths: dict[str, 
     user = spec["user"]
     socket = f"{config['php_socket_dir']}/panel-{user}.sock"
     if spec.get("state") == "suspended":
-        body = SUSPENDED_BODY.format(pages=config["state_dir"] / "pages")
+        body = SUSPENDED_BODY.format(pages=config["pages_dir"])
     elif spec["kind"] == "php":
         body = PHP_BODY.format(socket=socket)
     else:
@@ -317,8 +329,12 @@ def render_vhost(config: dict[str, Any], spec: dict[str, Any], paths: dict[str, 
     }
     tls_server = ""
     if tls:
-        tls_server = TLS_SERVER.format(https_port=config["https_port"], cert=cert, key=key, **common)
-    return VHOST.format(http_port=config["http_port"], tls_redirect="", tls_server=tls_server, **common)
+        tls_server = TLS_SERVER.format(
+            https_port=config["https_port"], cert=cert, key=key, **common
+        )
+    return VHOST.format(
+        http_port=config["http_port"], tls_redirect="", tls_server=tls_server, **common
+    )
 
 
 def nginx_check_and_reload(config: dict[str, Any]) -> None:
@@ -328,7 +344,11 @@ def nginx_check_and_reload(config: dict[str, Any]) -> None:
     the counter it reloaded; changes already covered by that reload do not reload again.
     """
     state = config["state_dir"]
-    lock_path, wanted_path, done_path = state / "reload.lock", state / "reload.wanted", state / "reload.done"
+    lock_path, wanted_path, done_path = (
+        state / "reload.lock",
+        state / "reload.wanted",
+        state / "reload.done",
+    )
     with open(lock_path, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         wanted = int(wanted_path.read_text() or 0) if wanted_path.exists() else 0
@@ -361,8 +381,20 @@ def ensure_user(config: dict[str, Any], user: str, home: Path) -> bool:
         grp.getgrnam(config["sftp_group"])
     except KeyError:
         run(["groupadd", "--system", config["sftp_group"]])
-    run(["useradd", "--home-dir", str(home), "--no-create-home", "--shell", "/usr/sbin/nologin",
-         "--user-group", "--groups", config["sftp_group"], user])
+    run(
+        [
+            "useradd",
+            "--home-dir",
+            str(home),
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+            "--groups",
+            config["sftp_group"],
+            user,
+        ]
+    )
     return True
 
 
@@ -391,8 +423,7 @@ def site_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         changed.append("htdocs")
     paths["htdocs"].chmod(0o755)
     config["log_dir"].mkdir(parents=True, exist_ok=True)
-    pages = config["state_dir"] / "pages"
-    write_if_changed(pages / "suspended.html", SUSPENDED_PAGE)
+    write_if_changed(config["pages_dir"] / "suspended.html", SUSPENDED_PAGE)
     if keys_ensure(config, user, spec.get("keys", [])):
         changed.append("keys")
     if spec["kind"] == "php" and spec["state"] == "active":
@@ -413,7 +444,11 @@ def site_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
             paths["vhost"].unlink()  # never leave a configuration nginx refuses
             raise
     expected = 503 if spec["state"] == "suspended" else None
-    return {"changed": changed, "served": served(config, spec["domains"][0], expected), **site_state(config, user)}
+    return {
+        "changed": changed,
+        "served": {name: served(config, name, expected) for name in spec["domains"]},
+        **site_state(config, user),
+    }
 
 
 def served(config: dict[str, Any], name: str, expected: int | None, wait_s: float = 5.0) -> int:
@@ -466,10 +501,16 @@ def site_remove(config: dict[str, Any], spec: dict[str, Any], uuid: str) -> dict
     if paths["vhost"].exists():
         text = paths["vhost"].read_text()
         domains = re.search(r"server_name ([^;]+);", text)
-        suspended = {"user": user, "kind": "static", "state": "suspended",
-                     "domains": domains.group(1).split() if domains else [f"{user}.invalid"]}
+        suspended = {
+            "user": user,
+            "kind": "static",
+            "state": "suspended",
+            "domains": domains.group(1).split() if domains else [f"{user}.invalid"],
+        }
         if write_if_changed(paths["vhost"], render_vhost(config, suspended, paths)):
             nginx_check_and_reload(config)
+        for name in suspended["domains"]:
+            served(config, name, 503)
     return {"backup": str(backup), **site_state(config, user)}
 
 
@@ -477,12 +518,15 @@ def site_purge(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     user = spec["user"]
     paths = site_paths(config, user)
     reload = False
+    gone = site_state(config, user)["domains"]
     for name in ("vhost", "pool", "keys"):
         if paths[name].exists():
             paths[name].unlink()
             reload = reload or name == "vhost"
     if reload:
         nginx_check_and_reload(config)
+        for name in gone:
+            served(config, name, 404)
     if paths["home"].exists():
         shutil.rmtree(paths["home"])
     if config["privileged"]:
@@ -503,8 +547,19 @@ def cert_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     if config.get("acme_ca_bundle"):
         env["LEGO_CA_CERTIFICATES"] = str(config["acme_ca_bundle"])
     action = "renew" if cert.exists() else "run"
-    cmd = ["lego", "--accept-tos", "--server", spec["directory"], "--email", spec["email"],
-           "--path", str(acme), "--http", "--http.webroot", str(paths["htdocs"])]
+    cmd = [
+        "lego",
+        "--accept-tos",
+        "--server",
+        spec["directory"],
+        "--email",
+        spec["email"],
+        "--path",
+        str(acme),
+        "--http",
+        "--http.webroot",
+        str(paths["htdocs"]),
+    ]
     for name in spec["domains"]:
         cmd += ["--domains", name]
     cmd.append(action)
@@ -525,8 +580,10 @@ def cert_not_after(cert: Path) -> str | None:
     if not cert.exists():
         return None
     out = subprocess.run(  # noqa: S603
-        ["openssl", "x509", "-noout", "-enddate", "-in", str(cert)],  # noqa: S607
-        capture_output=True, text=True, check=False,
+        ["openssl", "x509", "-noout", "-enddate", "-in", str(cert)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return out.stdout.strip().removeprefix("notAfter=") or None
 
@@ -553,8 +610,17 @@ def db_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
             f"ALTER ROLE {user} PASSWORD '{password}';\n"
         )
         run(["runuser", "-u", "postgres", "--", "psql", "-v", "ON_ERROR_STOP=1", "-q"], stdin=sql)
-        exists = run(["runuser", "-u", "postgres", "--", "psql", "-tAc",
-                      f"SELECT 1 FROM pg_database WHERE datname = '{name}'"])
+        exists = run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "psql",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
+            ]
+        )
         if not exists.strip():
             run(["runuser", "-u", "postgres", "--", "createdb", "--owner", user, name])
     return {"database": name, "user": user}
@@ -648,7 +714,9 @@ def perform(config: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
         return site_ensure(config, spec)
     if verb in ("site.suspend", "site.resume"):
         # The full spec travels with these too, so that they are "ensure" like the rest.
-        return site_ensure(config, {**spec, "state": "suspended" if verb == "site.suspend" else "active"})
+        return site_ensure(
+            config, {**spec, "state": "suspended" if verb == "site.suspend" else "active"}
+        )
     if verb == "site.remove":
         return site_remove(config, spec, request["uuid"])
     if verb == "site.purge":
@@ -696,13 +764,24 @@ def main(argv: list[str]) -> int:
             return 0
         if request["verb"] in ROOT_VERBS and config["privileged"]:
             done = subprocess.run(  # noqa: S603
-                ["sudo", "-n", config.get("self", "/usr/local/lib/panel-agent/panel-agent"), "--root"],  # noqa: S607
-                input=json.dumps(request), capture_output=True, text=True, timeout=600, check=False,
+                [
+                    "sudo",
+                    "-n",
+                    config.get("self", "/usr/local/lib/panel-agent/panel-agent"),
+                    "--root",
+                ],
+                input=json.dumps(request),
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
             )
             try:
                 response = json.loads(done.stdout)
             except json.JSONDecodeError:
-                raise Failed(f"root helper failed ({done.returncode}): {done.stderr.strip()[-500:]}") from None
+                raise Failed(
+                    f"root helper failed ({done.returncode}): {done.stderr.strip()[-500:]}"
+                ) from None
         else:
             response = {"ok": True, "agent": VERSION, "result": perform(config, request)}
         if response.get("ok"):

@@ -18,8 +18,19 @@ SUITE = "bookworm"
 MIRROR = os.environ.get("TESTHOST_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = sorted(
     [
-        "ca-certificates", "curl", "iproute2", "lego", "nginx-light", "openssh-server",
-        "openssh-sftp-server", "openssl", "passwd", "pebble", "php8.2-fpm", "procps", "python3",
+        "ca-certificates",
+        "curl",
+        "iproute2",
+        "lego",
+        "nginx-light",
+        "openssh-server",
+        "openssh-sftp-server",
+        "openssl",
+        "passwd",
+        "pebble",
+        "php8.2-fpm",
+        "procps",
+        "python3",
         "sudo",
     ]
 )
@@ -41,14 +52,23 @@ def ensure_rootfs() -> Path:
     if (target / ".complete").exists():
         return target
     if os.geteuid() != 0:
-        raise RuntimeError("building the test host rootfs needs root (bin/test runs as root or with sudo)")
+        raise RuntimeError(
+            "building the test host rootfs needs root (bin/test runs as root or with sudo)"
+        )
     if not shutil.which("debootstrap"):
         raise RuntimeError("debootstrap is missing (bin/test installs it)")
     building = target.with_name(target.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
     building.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), MIRROR],
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(PACKAGES)}",
+            SUITE,
+            str(building),
+            MIRROR,
+        ],
         check=True,
     )
     # A node's SSH host keys are its own: none may come from the shared image.
@@ -61,5 +81,5 @@ def ensure_rootfs() -> Path:
 
 
 if __name__ == "__main__":
-    print(ensure_rootfs())
+    print(ensure_rootfs())  # noqa: T201  (the path, for bin/test)
     sys.exit(0)

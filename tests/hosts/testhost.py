@@ -37,7 +37,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for_port(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -84,7 +86,11 @@ def _minica(directory: Path) -> tuple[Path, Path, Path]:
         .sign(ca_key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
-    ca_path, cert_path, key_path = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -123,7 +129,8 @@ INIT = """#!/bin/sh
 set -e
 mkdir -p /run/sshd /run/php /var/log/nginx /tmp
 chmod 1777 /tmp
-/usr/local/lib/panel-agent/install.sh /testhost/panel_agent.py /testhost/config.json /testhost/panel.pub
+/usr/local/lib/panel-agent/install.sh \\
+  /testhost/panel_agent.py /testhost/config.json /testhost/panel.pub
 # Every host gets its own keys (the cached rootfs must not hand out the same ones).
 rm -f /etc/ssh/ssh_host_*
 ssh-keygen -A >/dev/null
@@ -185,7 +192,7 @@ class TestHost:
         lib.mkdir(parents=True, exist_ok=True)
         shutil.copy(INSTALL, lib / "install.sh")
         (stage / "panel.pub").write_text(self.panel_public_key + "\n")
-        ca, cert, key = _minica(stage / "pebble-tls")
+        ca, _cert, _key = _minica(stage / "pebble-tls")
         self.ca_path = ca
         (stage / "config.json").write_text(
             json.dumps(
@@ -247,8 +254,19 @@ class TestHost:
             f"exec chroot {self.merged} /usr/local/sbin/testhost-init"
         )
         log = (self.workdir / "host.log").open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603
-            ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "sh", "-c", launch],  # noqa: S607
+        self.proc = subprocess.Popen(
+            [
+                "unshare",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                launch,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -273,8 +291,17 @@ class TestHost:
 
     def run(self, cmd: list[str], *, check: bool = True, input: str | None = None) -> str:
         """Run a command inside the host (its mounts, its PIDs, its root)."""
-        done = subprocess.run(  # noqa: S603
-            ["nsenter", "--target", str(self.init_pid()), "--mount", "--pid", "chroot", str(self.merged), *cmd],  # noqa: S607
+        done = subprocess.run(
+            [
+                "nsenter",
+                "--target",
+                str(self.init_pid()),
+                "--mount",
+                "--pid",
+                "chroot",
+                str(self.merged),
+                *cmd,
+            ],
             capture_output=True,
             text=True,
             input=input,
@@ -286,7 +313,10 @@ class TestHost:
         return done.stdout
 
     def exists(self, path: str) -> bool:
-        return self.run(["sh", "-c", 'test -e "$1" && echo yes', "sh", path], check=False).strip() == "yes"
+        return (
+            self.run(["sh", "-c", 'test -e "$1" && echo yes', "sh", path], check=False).strip()
+            == "yes"
+        )
 
     def stop_sshd(self) -> None:
         """Stop listening for SSH (sessions in progress go on, as with a real restart)."""
@@ -303,13 +333,17 @@ class TestHost:
         self.run(["/usr/local/sbin/testhost-sshd"])
         wait_for_port(self.ssh_port)
 
-    def http(self, host: str, path: str = "/", *, tls: bool = False, timeout: float = 5.0) -> tuple[int, str]:
+    def http(
+        self, host: str, path: str = "/", *, tls: bool = False, timeout: float = 5.0
+    ) -> tuple[int, str]:
         """GET with a Host header against the node's nginx, like a browser for that domain."""
         port = self.https_port if tls else self.http_port
         scheme = "https" if tls else "http"
-        request = urllib.request.Request(f"{scheme}://127.0.0.1:{port}{path}", headers={"Host": host})
+        request = urllib.request.Request(
+            f"{scheme}://127.0.0.1:{port}{path}", headers={"Host": host}
+        )
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")

@@ -1,0 +1,77 @@
+"""Admin for hosting: nodes (add, capacity, cost, drain, check), sites and jobs to inspect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from provisioning import services
+from provisioning.models import Job, Node, Site, SshKey
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "status",
+        "transport",
+        "ssh_host",
+        "ssh_port",
+        "capacity",
+        "monthly_cost",
+    )
+    list_filter = ("status",)
+    readonly_fields = ("facts", "created_at")
+    actions = ("check_nodes", "drain")
+
+    @admin.action(description="Check selected nodes (agent facts; a new node becomes available)")
+    def check_nodes(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
+        for node in queryset:
+            services.node_check(node=node, actor=request.user)  # type: ignore[arg-type]
+        self.message_user(request, "Checks enqueued; see the jobs.", messages.SUCCESS)
+
+    @admin.action(description="Drain selected nodes (no new sites)")
+    def drain(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
+        for node in queryset:
+            services.node_drain(node=node, actor=request.user)  # type: ignore[arg-type]
+
+
+class ReadOnly(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Site)
+class SiteAdmin(ReadOnly):
+    list_display = (
+        "domain",
+        "member",
+        "node",
+        "kind",
+        "state",
+        "tls",
+        "generation",
+        "applied_generation",
+    )
+    list_filter = ("state", "node")
+    search_fields = ("domain", "member__email")
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnly):
+    list_display = ("created_at", "verb", "site", "node", "state", "attempts", "error")
+    list_filter = ("state", "verb", "node")
+
+
+@admin.register(SshKey)
+class SshKeyAdmin(ReadOnly):
+    list_display = ("member", "name", "fingerprint")

@@ -1,0 +1,209 @@
+"""Hosting: nodes (servers), members' sites on them, and the jobs that make nodes match."""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class NodeStatus(models.TextChoices):
+    NEW = "new", _("New")
+    AVAILABLE = "available", _("Available")
+    DRAINING = "draining", _("Draining")
+    DOWN = "down", _("Down")
+
+
+class Node(models.Model):
+    """A server that hosts sites. The panel reaches its agent only through SSH (or locally)."""
+
+    name = models.CharField(max_length=63, unique=True)
+    transport = models.CharField(
+        max_length=8, choices=[("ssh", "SSH"), ("local", _("Local"))], default="ssh"
+    )
+    ssh_host = models.CharField(max_length=255, blank=True)
+    ssh_port = models.PositiveIntegerField(default=22)
+    ssh_user = models.CharField(max_length=32, default="panel-agent")
+    # Pinned when the node is enrolled; a different key is refused, never learnt.
+    host_key = models.CharField(max_length=1000, blank=True)
+    local_config = models.CharField(max_length=500, blank=True)
+    capacity = models.PositiveIntegerField(default=100, help_text=_("How many sites it takes."))
+    monthly_cost = models.DecimalField(max_digits=24, decimal_places=6, default=0)
+    cost_source = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=16, choices=NodeStatus.choices, default=NodeStatus.NEW)
+    public_ipv4 = models.GenericIPAddressField(protocol="IPv4", null=True, blank=True)
+    facts = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SiteState(models.TextChoices):
+    PENDING = "pending", _("Being set up")
+    ACTIVE = "active", _("Active")
+    SUSPENDED = "suspended", _("Suspended")
+    DELETED = "deleted", _("Deleted (can be undone)")
+    PURGED = "purged", _("Purged")
+
+
+class SiteKind(models.TextChoices):
+    STATIC = "static", _("Static files")
+    PHP = "php", _("PHP")
+
+
+class Site(models.Model):
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sites"
+    )
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="sites")
+    domain = models.CharField(_("domain"), max_length=253)
+    kind = models.CharField(max_length=8, choices=SiteKind.choices, default=SiteKind.STATIC)
+    quota_mb = models.PositiveIntegerField(default=1024)
+    state = models.CharField(max_length=16, choices=SiteState.choices, default=SiteState.PENDING)
+    suspended_by_admin = models.BooleanField(default=False)
+    tls = models.BooleanField(default=False)
+    # Bumped by every change of the desired spec; a job carries the generation it applies.
+    generation = models.PositiveIntegerField(default=1)
+    applied_generation = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    purge_after = models.DateTimeField(null=True, blank=True)
+    backup_path = models.CharField(max_length=500, blank=True)
+    # Metering: the agent's cumulative transfer counter as last recorded.
+    transfer_seen = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["domain"]
+        constraints: ClassVar = [
+            # A domain belongs to one live site, whoever's; purged sites free their names.
+            models.UniqueConstraint(
+                fields=["domain"], condition=~Q(state="purged"), name="site_domain_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.domain
+
+    @property
+    def system_user(self) -> str:
+        return f"s{self.pk}"
+
+
+class SiteAlias(models.Model):
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="aliases")
+    domain = models.CharField(max_length=253)
+
+    class Meta:
+        ordering = ["domain"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["domain"], name="alias_domain_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.domain
+
+
+class SshKey(models.Model):
+    """A member's public key; it opens SFTP on all of that member's sites."""
+
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ssh_keys"
+    )
+    name = models.CharField(max_length=100)
+    public_key = models.CharField(max_length=9000)
+    fingerprint = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["member", "fingerprint"], name="ssh_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.fingerprint})"
+
+
+class SiteDatabase(models.Model):
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="databases")
+    engine = models.CharField(
+        max_length=16, choices=[("mariadb", "MariaDB"), ("postgresql", "PostgreSQL")]
+    )
+    name = models.CharField(max_length=63, unique=True)
+    db_user = models.CharField(max_length=63)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Certificate(models.Model):
+    site = models.OneToOneField(Site, on_delete=models.CASCADE, related_name="certificate")
+    domains = models.JSONField(default=list)
+    not_after = models.CharField(max_length=64, blank=True)
+    issued_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Certificate of {self.site}"
+
+
+class JobState(models.TextChoices):
+    PENDING = "pending", _("Waiting")
+    RUNNING = "running", _("Running")
+    OK = "ok", _("Done")
+    SOFT_ERROR = "soft_error", _("Failed, will retry")
+    HARD_ERROR = "hard_error", _("Failed")
+
+
+class Job(models.Model):
+    """One request to a node's agent, retried until it succeeds or cannot."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="jobs")
+    site = models.ForeignKey(
+        Site, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
+    verb = models.CharField(max_length=32)
+    spec = models.JSONField(default=dict)
+    generation = models.PositiveIntegerField(default=0)
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    admins_told = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes: ClassVar = [
+            models.Index(fields=["state", "next_retry_at"], name="job_retry"),
+        ]
+        constraints: ClassVar = [
+            # At most one job in flight per site: the database says no to a second one.
+            models.UniqueConstraint(
+                fields=["site"], condition=Q(state="running"), name="job_one_running_per_site"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.site or self.node} ({self.state})"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (JobState.OK, JobState.HARD_ERROR)

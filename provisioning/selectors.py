@@ -1,0 +1,68 @@
+"""Hosting reads, always scoped to who asks."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.db.models import QuerySet, Sum
+from django.db.models.functions import TruncDate
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+
+from panel.models import UsageEvent, User
+from provisioning.models import Job, JobState, Site, SiteState, SshKey
+
+
+def sites_of(member: User) -> QuerySet[Site]:
+    return Site.objects.filter(member=member).exclude(state=SiteState.PURGED).select_related("node")
+
+
+def site_of(member: User, pk: int) -> Site:
+    """One of the member's own sites; another member's is a 404."""
+    return get_object_or_404(Site.objects.select_related("node", "member"), pk=pk, member=member)
+
+
+def job_of(member: User, pk: int) -> Job:
+    return get_object_or_404(Job.objects.select_related("site"), pk=pk, site__member=member)
+
+
+def jobs_of(site: Site, *, limit: int = 10) -> list[Job]:
+    return list(site.jobs.order_by("-created_at", "-id")[:limit])
+
+
+def keys_of(member: User) -> QuerySet[SshKey]:
+    return SshKey.objects.filter(member=member)
+
+
+def failed_jobs() -> QuerySet[Job]:
+    return (
+        Job.objects.filter(state=JobState.HARD_ERROR)
+        .select_related("site", "node")
+        .order_by("-finished_at")
+    )
+
+
+def site_usage_by_day(site: Site, *, days: int = 30) -> list[dict[str, object]]:
+    """Disk and transfer cost per day for one site (its usage carries the site in its key)."""
+    first = timezone.localdate() - timedelta(days=days - 1)
+    series = []
+    for kind in ("disk", "transfer"):
+        rows = (
+            UsageEvent.objects.filter(
+                member_id=site.member_id,
+                service="hosting",
+                source_key__startswith=f"{kind}:{site.pk}:",
+                occurred_at__date__gte=first,
+            )
+            .annotate(day=TruncDate("occurred_at"))
+            .values("day")
+            .annotate(amount=Sum("amount"))
+        )
+        found = {row["day"]: row["amount"] for row in rows}
+        points = [
+            (first + timedelta(days=i), found.get(first + timedelta(days=i), Decimal(0)))
+            for i in range(days)
+        ]
+        series.append({"kind": kind, "days": points, "peak": max(a for _, a in points)})
+    return series

@@ -1,0 +1,711 @@
+"""Hosting write path: sites, keys, certificates, nodes, and the jobs that carry them out.
+
+Every change bumps the site's generation and enqueues one job (after commit) with the full
+desired spec; the agent makes the node match it. Jobs are claimed with a guarded UPDATE, at
+most one runs per site (a partial unique index), transient errors retry with exponential
+backoff, and admins are told when a job gives up.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.mail import mail_admins
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from panel.audit import audit_record, snapshot
+from panel.models import Membership, MembershipStatus, User
+from panel.services import record_usage
+from panel.services.ledger import LedgerError, cost_rate_at
+from panel.tasking import enqueue_on_commit
+from provisioning import ssh
+from provisioning.models import (
+    Certificate,
+    Job,
+    JobState,
+    Node,
+    NodeStatus,
+    Site,
+    SiteAlias,
+    SiteDatabase,
+    SiteKind,
+    SiteState,
+    SshKey,
+)
+from provisioning.validation import clean_domain, clean_public_key
+
+log = logging.getLogger(__name__)
+SITE_FIELDS = ("domain", "kind", "state", "node", "tls", "generation", "suspended_by_admin")
+LIVE = ~Q(state=SiteState.PURGED)
+
+
+class HostingError(Exception):
+    """A hosting action that cannot be done now; the message is for people."""
+
+
+# Nodes ----------------------------------------------------------------------------------------
+
+
+def endpoint_for(node: Node) -> ssh.Endpoint:
+    return ssh.Endpoint(
+        host=node.ssh_host,
+        port=node.ssh_port,
+        user=node.ssh_user,
+        host_key=node.host_key,
+        transport=node.transport,
+        local_config=node.local_config,
+    )
+
+
+def pick_node() -> Node:
+    """The available node with the most room; locked, so that two creations do not overfill it."""
+    nodes = list(
+        Node.objects.select_for_update().filter(status=NodeStatus.AVAILABLE).order_by("name")
+    )
+    used = dict(
+        Site.objects.filter(node__in=nodes)
+        .exclude(state=SiteState.PURGED)
+        .values("node")
+        .annotate(n=Count("id"))
+        .values_list("node", "n")
+    )
+    roomy = [n for n in nodes if used.get(n.pk, 0) < n.capacity]
+    node = min(roomy, key=lambda n: (used.get(n.pk, 0), n.name), default=None)
+    if node is None:
+        raise HostingError(_("No server has room for a new site right now; the admins were told."))
+    return node
+
+
+@transaction.atomic
+def node_check(*, node: Node, actor: User | None) -> Job:
+    """Ask the node's agent for its facts; a success makes a new node available."""
+    return _enqueue(node=node, site=None, verb="node.facts", spec={}, actor=actor)
+
+
+@transaction.atomic
+def node_drain(*, node: Node, actor: User) -> Node:
+    before = snapshot(node, ("status",))
+    Node.objects.filter(pk=node.pk).update(status=NodeStatus.DRAINING)
+    node.refresh_from_db()
+    audit_record(
+        actor=actor,
+        action="node.drained",
+        obj=node,
+        owner=None,
+        before=before,
+        after=snapshot(node, ("status",)),
+    )
+    return node
+
+
+# Sites ----------------------------------------------------------------------------------------
+
+
+def _require_member(member: User) -> None:
+    # Asked of the database, not of a possibly stale related object on the user.
+    if not Membership.objects.filter(user=member, status=MembershipStatus.MEMBER).exists():
+        raise HostingError(_("Only members in good standing may order services."))
+
+
+def _domain_free(name: str, *, except_site: Site | None = None) -> None:
+    taken = Site.objects.filter(LIVE, domain=name)
+    aliases = SiteAlias.objects.filter(domain=name).exclude(site__state=SiteState.PURGED)
+    if except_site is not None:
+        taken = taken.exclude(pk=except_site.pk)
+    if taken.exists() or aliases.exists():
+        raise HostingError(_("%(name)s is already used by another site.") % {"name": name})
+
+
+def site_spec(site: Site, *, state: str | None = None) -> dict[str, Any]:
+    """The full desired state of a site, as the agent takes it."""
+    keys = list(
+        SshKey.objects.filter(member_id=site.member_id).values_list("public_key", flat=True)
+    )
+    wanted = state or ("suspended" if site.state == SiteState.SUSPENDED else "active")
+    return {
+        "user": site.system_user,
+        "domains": [site.domain, *site.aliases.values_list("domain", flat=True)],
+        "kind": site.kind,
+        "quota_mb": site.quota_mb,
+        "state": wanted,
+        "tls": site.tls,
+        "keys": keys,
+    }
+
+
+def _site_changed(
+    site: Site,
+    *,
+    actor: User | None,
+    action: str,
+    before: dict[str, Any] | None,
+    verb: str = "site.ensure",
+    spec: dict[str, Any] | None = None,
+) -> Job:
+    Site.objects.filter(pk=site.pk).update(generation=F("generation") + 1)
+    site.refresh_from_db()
+    audit_record(
+        actor=actor,
+        action=action,
+        obj=site,
+        owner=site.member,
+        before=before,
+        after=snapshot(site, SITE_FIELDS),
+    )
+    return _enqueue(node=site.node, site=site, verb=verb, spec=spec or site_spec(site), actor=actor)
+
+
+@transaction.atomic
+def site_create(*, member: User, domain: str, kind: str = SiteKind.STATIC) -> Site:
+    _require_member(member)
+    if kind not in SiteKind.values:
+        raise HostingError(_("Choose static or PHP."))
+    try:
+        name = clean_domain(domain)
+    except ValidationError as exc:
+        raise HostingError(" ".join(exc.messages)) from None
+    _domain_free(name)
+    node = pick_node()
+    try:
+        with transaction.atomic():
+            site = Site.objects.create(member=member, node=node, domain=name, kind=kind)
+    except IntegrityError:
+        raise HostingError(
+            _("%(name)s is already used by another site.") % {"name": name}
+        ) from None
+    _site_changed(site, actor=member, action="site.created", before=None)
+    return site
+
+
+def _owned(site: Site, actor: User) -> Site:
+    """The site as it is now (locked), if ``actor`` may change it."""
+    if site.member_id != actor.pk and not actor.has_perm("provisioning.change_site"):
+        raise HostingError(_("This is not your site."))
+    return Site.objects.select_for_update().select_related("node", "member").get(pk=site.pk)
+
+
+@transaction.atomic
+def site_alias_add(*, site: Site, domain: str, actor: User) -> SiteAlias:
+    site = _owned(site, actor)
+    if site.state not in (SiteState.ACTIVE, SiteState.PENDING, SiteState.SUSPENDED):
+        raise HostingError(_("Aliases can be added to live sites only."))
+    try:
+        name = clean_domain(domain)
+    except ValidationError as exc:
+        raise HostingError(" ".join(exc.messages)) from None
+    _domain_free(name)
+    before = snapshot(site, SITE_FIELDS)
+    try:
+        with transaction.atomic():
+            alias = SiteAlias.objects.create(site=site, domain=name)
+    except IntegrityError:
+        raise HostingError(
+            _("%(name)s is already used by another site.") % {"name": name}
+        ) from None
+    _site_changed(site, actor=actor, action="site.alias_added", before=before)
+    return alias
+
+
+@transaction.atomic
+def site_alias_remove(*, alias: SiteAlias, actor: User) -> None:
+    site = alias.site
+    site = _owned(site, actor)
+    before = snapshot(site, SITE_FIELDS)
+    alias.delete()
+    _site_changed(site, actor=actor, action="site.alias_removed", before=before)
+
+
+def _set_state(
+    site: Site,
+    *,
+    actor: User,
+    to: str,
+    allowed: set[str],
+    action: str,
+    verb: str = "site.ensure",
+    **extra: Any,
+) -> Job:
+    before = snapshot(site, SITE_FIELDS)
+    moved = Site.objects.filter(pk=site.pk, state__in=allowed).update(state=to, **extra)
+    if not moved:
+        raise HostingError(
+            _("The site is %(state)s; that cannot be done now.")
+            % {"state": site.get_state_display()}
+        )
+    site.refresh_from_db()
+    spec = site_spec(site) if verb != "site.remove" else {"user": site.system_user}
+    return _site_changed(site, actor=actor, action=action, before=before, verb=verb, spec=spec)
+
+
+@transaction.atomic
+def site_suspend(*, site: Site, actor: User) -> Job:
+    site = _owned(site, actor)
+    by_admin = actor.pk != site.member_id
+    return _set_state(
+        site,
+        actor=actor,
+        to=SiteState.SUSPENDED,
+        allowed={SiteState.ACTIVE, SiteState.PENDING},
+        action="site.suspended",
+        suspended_by_admin=by_admin,
+    )
+
+
+@transaction.atomic
+def site_resume(*, site: Site, actor: User) -> Job:
+    site = _owned(site, actor)
+    if site.suspended_by_admin and not actor.has_perm("provisioning.change_site"):
+        raise HostingError(_("An admin suspended this site; ask them to resume it."))
+    return _set_state(
+        site,
+        actor=actor,
+        to=SiteState.ACTIVE,
+        allowed={SiteState.SUSPENDED},
+        action="site.resumed",
+        suspended_by_admin=False,
+    )
+
+
+@transaction.atomic
+def site_delete(*, site: Site, actor: User) -> Job:
+    """Suspend and back up now; the files go only after the grace period (undo until then)."""
+    site = _owned(site, actor)
+    now = timezone.now()
+    return _set_state(
+        site,
+        actor=actor,
+        to=SiteState.DELETED,
+        allowed={SiteState.ACTIVE, SiteState.SUSPENDED, SiteState.PENDING},
+        action="site.deleted",
+        verb="site.remove",
+        deleted_at=now,
+        purge_after=now + timedelta(days=settings.SITE_PURGE_AFTER_DAYS),
+    )
+
+
+@transaction.atomic
+def site_undelete(*, site: Site, actor: User) -> Job:
+    site = _owned(site, actor)
+    if site.purge_after and site.purge_after <= timezone.now():
+        raise HostingError(_("The grace period is over; the site cannot be brought back."))
+    to = SiteState.SUSPENDED if site.suspended_by_admin else SiteState.ACTIVE
+    return _set_state(
+        site,
+        actor=actor,
+        to=to,
+        allowed={SiteState.DELETED},
+        action="site.undeleted",
+        deleted_at=None,
+        purge_after=None,
+    )
+
+
+def purge_due_sites(*, now: Any = None) -> int:
+    """Enqueue the final removal of sites whose grace period ended (beat)."""
+    now = now or timezone.now()
+    count = 0
+    for site in Site.objects.filter(state=SiteState.DELETED, purge_after__lte=now).select_related(
+        "node"
+    ):
+        with transaction.atomic():
+            if (
+                Job.objects.filter(site=site, verb="site.purge")
+                .exclude(state=JobState.HARD_ERROR)
+                .exists()
+            ):
+                continue
+            _enqueue(
+                node=site.node,
+                site=site,
+                verb="site.purge",
+                spec={"user": site.system_user},
+                actor=None,
+            )
+            count += 1
+    return count
+
+
+@transaction.atomic
+def cert_request(*, site: Site, actor: User) -> Job:
+    """Get a TLS certificate from the ACME server for the site's names."""
+    site = _owned(site, actor)
+    if site.state != SiteState.ACTIVE:
+        raise HostingError(_("Certificates are for active sites."))
+    spec = {
+        "user": site.system_user,
+        "domains": site_spec(site)["domains"],
+        "directory": settings.ACME_DIRECTORY_URL,
+        "email": settings.ACME_EMAIL,
+    }
+    audit_record(
+        actor=actor,
+        action="site.certificate_requested",
+        obj=site,
+        owner=site.member,
+        after={"domains": spec["domains"]},
+    )
+    return _enqueue(node=site.node, site=site, verb="cert.ensure", spec=spec, actor=actor)
+
+
+# Keys and databases ---------------------------------------------------------------------------
+
+
+def _resync_member_sites(member: User, actor: User) -> None:
+    for site in Site.objects.filter(
+        member=member, state__in=[SiteState.ACTIVE, SiteState.SUSPENDED, SiteState.PENDING]
+    ):
+        _site_changed(site, actor=actor, action="site.keys_changed", before=None)
+
+
+@transaction.atomic
+def ssh_key_add(*, member: User, name: str, public_key: str) -> SshKey:
+    try:
+        line, fingerprint = clean_public_key(public_key)
+    except ValidationError as exc:
+        raise HostingError(" ".join(exc.messages)) from None
+    name = name.strip()[:100] or fingerprint[:20]
+    try:
+        with transaction.atomic():
+            key = SshKey.objects.create(
+                member=member, name=name, public_key=line, fingerprint=fingerprint
+            )
+    except IntegrityError:
+        raise HostingError(_("You added this key already.")) from None
+    audit_record(
+        actor=member,
+        action="ssh_key.added",
+        obj=key,
+        owner=member,
+        after={"name": name, "fingerprint": fingerprint},
+    )
+    _resync_member_sites(member, member)
+    return key
+
+
+@transaction.atomic
+def ssh_key_remove(*, key: SshKey, actor: User) -> None:
+    member = key.member
+    if actor.pk != member.pk:
+        raise HostingError(_("This is not your key."))
+    audit_record(
+        actor=actor,
+        action="ssh_key.removed",
+        obj=key,
+        owner=member,
+        before={"name": key.name, "fingerprint": key.fingerprint},
+    )
+    key.delete()
+    _resync_member_sites(member, actor)
+
+
+@transaction.atomic
+def database_create(*, site: Site, engine: str, actor: User) -> tuple[SiteDatabase, str]:
+    """A database with generated credentials; the password is returned once and never stored."""
+    site = _owned(site, actor)
+    if engine not in ("mariadb", "postgresql"):
+        raise HostingError(_("Choose MariaDB or PostgreSQL."))
+    number = site.databases.count() + 1
+    name = f"{site.system_user}_{number}"
+    password = secrets.token_urlsafe(24)
+    database = SiteDatabase.objects.create(site=site, engine=engine, name=name, db_user=name)
+    audit_record(
+        actor=actor,
+        action="site.database_created",
+        obj=database,
+        owner=site.member,
+        after={"engine": engine, "name": name},
+    )
+    _enqueue(
+        node=site.node,
+        site=site,
+        verb="db.ensure",
+        spec={
+            "user": site.system_user,
+            "engine": engine,
+            "name": name,
+            "db_user": name,
+            "password": password,
+        },
+        actor=actor,
+    )
+    return database, password
+
+
+# Jobs -----------------------------------------------------------------------------------------
+
+
+def _enqueue(
+    *, node: Node, site: Site | None, verb: str, spec: dict[str, Any], actor: User | None
+) -> Job:
+    job = Job.objects.create(
+        node=node,
+        site=site,
+        verb=verb,
+        spec=spec,
+        generation=site.generation if site else 0,
+        actor=actor,
+    )
+    from provisioning.tasks import run_job
+
+    enqueue_on_commit(run_job, job.pk)
+    return job
+
+
+def backoff_seconds(attempt: int) -> int:
+    """2, 4, 8, ... seconds, at most 10 minutes."""
+    return int(min(600, 2 ** max(1, attempt)))
+
+
+def job_retry(*, job: Job, actor: User) -> Job:
+    """A person asks for another try of a job that gave up."""
+    if job.site is not None:
+        _owned(job.site, actor)
+    with transaction.atomic():
+        restarted = Job.objects.filter(pk=job.pk, state=JobState.HARD_ERROR).update(
+            state=JobState.PENDING, attempts=0, next_retry_at=None, error="", admins_told=False
+        )
+        if not restarted:
+            raise HostingError(_("Only a failed job can be retried."))
+        job.refresh_from_db()
+        audit_record(
+            actor=actor, action="job.retried", obj=job, owner=job.site.member if job.site else None
+        )
+        from provisioning.tasks import run_job
+
+        enqueue_on_commit(run_job, job.pk)
+    return job
+
+
+class Retry(Exception):
+    """The job should run again after ``delay`` seconds."""
+
+    def __init__(self, delay: int) -> None:
+        self.delay = delay
+
+
+def job_run(*, job_id: int) -> Job:
+    """Run one job (the task's body). Safe to call twice; the claim decides who runs it."""
+    job = Job.objects.select_related("node", "site").get(pk=job_id)
+    if job.state in (JobState.OK, JobState.HARD_ERROR, JobState.RUNNING):
+        return job
+    if (
+        job.state == JobState.SOFT_ERROR
+        and job.next_retry_at
+        and job.next_retry_at > timezone.now()
+    ):
+        raise Retry(int((job.next_retry_at - timezone.now()).total_seconds()) + 1)
+    if job.site is not None and job.generation and job.generation < job.site.applied_generation:
+        Job.objects.filter(pk=job.pk, state__in=[JobState.PENDING, JobState.SOFT_ERROR]).update(
+            state=JobState.OK, finished_at=timezone.now(), log="superseded by a newer change"
+        )
+        return Job.objects.get(pk=job.pk)
+    try:
+        with transaction.atomic():
+            claimed = Job.objects.filter(
+                pk=job.pk, state__in=[JobState.PENDING, JobState.SOFT_ERROR]
+            ).update(state=JobState.RUNNING, attempts=F("attempts") + 1, started_at=timezone.now())
+    except IntegrityError:
+        raise Retry(2) from None  # another job of this site is running: wait our turn
+    if not claimed:
+        return job
+    job.refresh_from_db()
+    request = {"uuid": str(job.uuid), "verb": job.verb, "spec": job.spec}
+    try:
+        result = ssh.call_agent(endpoint_for(job.node), request)
+    except ssh.AgentError as exc:
+        return _failed(job, exc)
+    return _succeeded(job, result)
+
+
+def _failed(job: Job, exc: ssh.AgentError) -> Job:
+    give_up = exc.permanent or job.attempts >= settings.JOB_MAX_ATTEMPTS
+    state = JobState.HARD_ERROR if give_up else JobState.SOFT_ERROR
+    delay = backoff_seconds(job.attempts)
+    Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+        state=state,
+        error=str(exc)[:2000],
+        log=(job.log + f"\nattempt {job.attempts}: {exc}")[-4000:],
+        next_retry_at=None if give_up else timezone.now() + timedelta(seconds=delay),
+        finished_at=timezone.now() if give_up else None,
+    )
+    job.refresh_from_db()
+    if give_up:
+        _tell_admins(job)
+        return job
+    raise Retry(delay)
+
+
+def _tell_admins(job: Job) -> None:
+    told = Job.objects.filter(pk=job.pk, admins_told=False).update(admins_told=True)
+    if told:
+        mail_admins(
+            f"Hosting job failed: {job.verb} on {job.node}",
+            f"Job {job.uuid} ({job.verb}, site {job.site}) gave up after {job.attempts} "
+            f"attempts:\n\n{job.error}\n",
+            fail_silently=True,
+        )
+
+
+def _succeeded(job: Job, result: dict[str, Any]) -> Job:
+    with transaction.atomic():
+        Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+            state=JobState.OK,
+            result=_scrub(result),
+            spec=_scrub(job.spec),
+            finished_at=timezone.now(),
+            error="",
+            log=(job.log + f"\nattempt {job.attempts}: ok")[-4000:],
+        )
+        job.refresh_from_db()
+        site = job.site
+        if job.verb == "node.facts":
+            Node.objects.filter(pk=job.node_id).update(facts=result)
+            Node.objects.filter(pk=job.node_id, status=NodeStatus.NEW).update(
+                status=NodeStatus.AVAILABLE
+            )
+        elif site is not None:
+            Site.objects.filter(pk=site.pk, applied_generation__lt=job.generation).update(
+                applied_generation=job.generation
+            )
+            if job.verb in ("site.ensure", "site.suspend", "site.resume"):
+                Site.objects.filter(pk=site.pk, state=SiteState.PENDING).update(
+                    state=SiteState.ACTIVE
+                )
+            elif job.verb == "site.remove":
+                Site.objects.filter(pk=site.pk).update(
+                    backup_path=str(result.get("backup", ""))[:500]
+                )
+            elif job.verb == "site.purge":
+                Site.objects.filter(pk=site.pk, state=SiteState.DELETED).update(
+                    state=SiteState.PURGED
+                )
+            elif job.verb == "cert.ensure":
+                Certificate.objects.update_or_create(
+                    site=site,
+                    defaults={
+                        "domains": job.spec.get("domains", []),
+                        "not_after": result.get("not_after") or "",
+                    },
+                )
+                Site.objects.filter(pk=site.pk).update(tls=True)
+                site.refresh_from_db()
+                _site_changed(site, actor=job.actor, action="site.tls_enabled", before=None)
+    return job
+
+
+def _scrub(data: dict[str, Any]) -> dict[str, Any]:
+    """Passwords never stay in the database once the job is done."""
+    return {k: ("(not stored)" if k == "password" else v) for k, v in data.items()}
+
+
+def retry_stuck_jobs() -> int:
+    """Re-send jobs whose message may have been lost (beat); the claim keeps them single."""
+    from provisioning.tasks import run_job
+
+    now = timezone.now()
+    due = Job.objects.filter(
+        Q(state=JobState.SOFT_ERROR, next_retry_at__lte=now)
+        | Q(state=JobState.PENDING, created_at__lte=now - timedelta(minutes=2))
+    ).values_list("pk", flat=True)[:500]
+    count = 0
+    for job_id in due:
+        run_job.apply_async(args=(job_id,))
+        count += 1
+    # A worker that died mid-job leaves it running; after 15 minutes it counts as a soft error.
+    Job.objects.filter(state=JobState.RUNNING, started_at__lte=now - timedelta(minutes=15)).update(
+        state=JobState.SOFT_ERROR, next_retry_at=now, error="the worker stopped during the job"
+    )
+    return count
+
+
+# Metering -------------------------------------------------------------------------------------
+
+GB = Decimal(10**9)
+HOURS_PER_MONTH = Decimal(24 * 30)
+
+
+def collect_usage(*, node: Node) -> int:
+    """Ask one node for disk and transfer per site and record them at the node's cost rate."""
+    result = ssh.call_agent(
+        endpoint_for(node), {"uuid": str(_uuid()), "verb": "usage.report", "spec": {}}
+    )
+    return record_node_usage(node=node, report=result)
+
+
+def _uuid() -> Any:
+    import uuid
+
+    return uuid.uuid4()
+
+
+def _rate(node: Node, kind: str, day: Any) -> Any:
+    try:
+        return cost_rate_at(service="hosting", kind=f"{kind}.{node.name}", day=day)
+    except LedgerError:
+        return cost_rate_at(service="hosting", kind=kind, day=day)
+
+
+def record_node_usage(*, node: Node, report: dict[str, Any]) -> int:
+    """Disk as GB-hours since the last report, transfer as the growth of the node's counter."""
+    at = timezone.now()
+    hour = at.replace(minute=0, second=0, microsecond=0)
+    recorded = 0
+    sites = {
+        s.system_user: s for s in Site.objects.filter(node=node).exclude(state=SiteState.PURGED)
+    }
+    for user, figures in report.get("sites", {}).items():
+        site = sites.get(user)
+        if site is None:
+            continue
+        try:
+            disk_rate = _rate(node, "disk", at.date())
+            transfer_rate = _rate(node, "transfer", at.date())
+        except LedgerError as exc:
+            log.warning("no hosting cost rate: %s", exc)
+            return recorded
+        disk_gb_month = (
+            Decimal(int(figures.get("disk_bytes", 0))) / GB / HOURS_PER_MONTH
+        ).quantize(Decimal("0.000001"))
+        if disk_gb_month > 0:
+            record_usage(
+                member=site.member,
+                service="hosting",
+                kind="disk",
+                quantity=disk_gb_month,
+                unit=disk_rate.unit,
+                unit_cost=disk_rate.unit_cost,
+                cost_source=disk_rate,
+                occurred_at=hour,
+                source_key=f"disk:{site.pk}:{hour:%Y%m%d%H}",
+            )
+            recorded += 1
+        total = int(figures.get("transfer_bytes_total", 0))
+        with transaction.atomic():
+            locked = Site.objects.select_for_update().get(pk=site.pk)
+            grown = total - locked.transfer_seen if total >= locked.transfer_seen else total
+            quantity = (Decimal(grown) / GB).quantize(Decimal("0.000001"))
+            # Below a kilobyte the bytes wait for the next report instead of rounding away.
+            if quantity > 0:
+                record_usage(
+                    member=site.member,
+                    service="hosting",
+                    kind="transfer",
+                    quantity=quantity,
+                    unit=transfer_rate.unit,
+                    unit_cost=transfer_rate.unit_cost,
+                    cost_source=transfer_rate,
+                    occurred_at=at,
+                    source_key=f"transfer:{site.pk}:{total}",
+                )
+                recorded += 1
+                Site.objects.filter(pk=site.pk).update(transfer_seen=total)
+    return recorded

@@ -1,0 +1,40 @@
+"""Hosting tasks: thin wrappers that load by id and call one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from provisioning import services
+from provisioning.models import Node, NodeStatus
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def run_job(job_id: int) -> str:
+    try:
+        return str(services.job_run(job_id=job_id).state)
+    except services.Retry as retry:
+        # A new message, not a Celery retry: the job row holds the attempt count and backoff.
+        run_job.apply_async(args=(job_id,), countdown=retry.delay)
+        return f"retry in {retry.delay}s"
+
+
+@shared_task
+def retry_stuck_jobs() -> int:
+    return services.retry_stuck_jobs()
+
+
+@shared_task
+def purge_due_sites() -> int:
+    return services.purge_due_sites()
+
+
+@shared_task
+def collect_usage() -> int:
+    """Beat: meter every available node (one failing node does not stop the others)."""
+    recorded = 0
+    for node in Node.objects.filter(status__in=[NodeStatus.AVAILABLE, NodeStatus.DRAINING]):
+        try:
+            recorded += services.collect_usage(node=node)
+        except services.ssh.AgentError:
+            continue
+    return recorded

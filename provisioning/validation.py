@@ -1,0 +1,126 @@
+"""Allowlist validation of what members type: domain names and SSH public keys.
+
+Everything that reaches a node passes through here first (and the agent checks again).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import unicodedata
+
+from django.core.exceptions import ValidationError
+from django.utils.translation import gettext as _
+
+LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+KEY_TYPES = {
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+}
+KEY = re.compile(
+    r"^(?P<type>[a-z0-9@.-]{7,40}) (?P<data>[A-Za-z0-9+/]{20,8192}={0,3})"
+    r"(?: (?P<comment>[^\x00-\x1f]{0,100}))?$"
+)
+# Letters of other scripts that look like Latin ones: a label made only of these (or mixing
+# scripts) is refused as a likely look-alike of someone else's name.
+CONFUSABLE = set("аеорсухіјѕԁӏԛԝһԛвкмнтАВЕКМНОРСТХοαυνιρκτβεηζ")
+
+
+def _scripts(label: str) -> set[str]:
+    scripts = set()
+    for char in label:
+        if char.isascii():
+            if char.isalpha():
+                scripts.add("LATIN")
+            continue
+        name = unicodedata.name(char, "")
+        scripts.add(name.split(" ")[0] if name else "UNKNOWN")
+    return scripts
+
+
+def clean_domain(raw: str) -> str:
+    """A domain as the node will see it: lowercase, IDN as punycode, every label checked."""
+    text = raw.strip().rstrip(".").lower()
+    if not text:
+        raise ValidationError(_("Enter a domain name."))
+    if len(text) > 253:
+        raise ValidationError(_("A domain name has at most 253 characters."))
+    if any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in text):
+        raise ValidationError(_("A domain name has no spaces or control characters."))
+    if re.search(r"""[/\\;'"`$&|<>(){}\[\]*?!#%,:=]""", text) or ".." in text:
+        raise ValidationError(_("%(name)s is not a domain name.") % {"name": raw})
+    labels = text.split(".")
+    if len(labels) < 2:
+        raise ValidationError(_("A domain name has at least two parts, like example.org."))
+    ascii_labels = []
+    for label in labels:
+        if not label.isascii():
+            scripts = _scripts(label)
+            if len(scripts) > 1:
+                raise ValidationError(
+                    _("%(label)s mixes alphabets; names like that imitate others and are refused.")
+                    % {"label": label}
+                )
+            if all(ch in CONFUSABLE for ch in label if ch.isalpha()):
+                raise ValidationError(
+                    _(
+                        "%(label)s is written in letters that look like Latin ones; "
+                        "refused as a look-alike."
+                    )
+                    % {"label": label}
+                )
+            try:
+                label = "xn--" + label.encode("punycode").decode("ascii")
+            except UnicodeError:
+                raise ValidationError(
+                    _("%(label)s is not a valid name.") % {"label": label}
+                ) from None
+        if not LABEL.match(label):
+            raise ValidationError(
+                _(
+                    "%(label)s is not a valid part of a domain name "
+                    "(letters, digits, hyphens; at most 63)."
+                )
+                % {"label": label}
+            )
+        ascii_labels.append(label)
+    if ascii_labels[-1].isdigit():
+        raise ValidationError(_("Enter a domain name, not an address."))
+    name = ".".join(ascii_labels)
+    if len(name) > 253:
+        raise ValidationError(_("A domain name has at most 253 characters."))
+    return name
+
+
+def clean_public_key(raw: str) -> tuple[str, str]:
+    """One OpenSSH public key line (no options) and its SHA256 fingerprint."""
+    text = raw.strip()
+    if "\n" in text or "\r" in text:
+        raise ValidationError(_("Paste exactly one key, on one line."))
+    match = KEY.match(text)
+    if not match or match["type"] not in KEY_TYPES:
+        raise ValidationError(
+            _(
+                "This is not an OpenSSH public key "
+                "(it starts with ssh-ed25519, ssh-rsa or ecdsa-sha2-…)."
+            )
+        )
+    try:
+        blob = base64.b64decode(match["data"], validate=True)
+    except ValueError:
+        raise ValidationError(_("The key's data is not valid base64.")) from None
+    # The blob starts with its own type name; it must agree with the line's.
+    if (
+        len(blob) < 4
+        or blob[4 : 4 + int.from_bytes(blob[:4], "big")].decode(errors="replace") != match["type"]
+    ):
+        raise ValidationError(_("The key's data does not match its type."))
+    comment = re.sub(r"[^A-Za-z0-9@._+-]", "", match["comment"] or "")[:100]
+    line = f"{match['type']} {match['data']}" + (f" {comment}" if comment else "")
+    fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return line, fingerprint

@@ -467,9 +467,9 @@ def backoff_seconds(attempt: int) -> int:
 
 def job_retry(*, job: Job, actor: User) -> Job:
     """A person asks for another try of a job that gave up."""
-    if job.site is not None:
-        _owned(job.site, actor)
     with transaction.atomic():
+        if job.site is not None:
+            _owned(job.site, actor)
         restarted = Job.objects.filter(pk=job.pk, state=JobState.HARD_ERROR).update(
             state=JobState.PENDING, attempts=0, next_retry_at=None, error="", admins_told=False
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from panel.celery import app as celery_app
 from panel.models import Supplier
 from panel.services import ledger
 from provisioning import ssh
@@ -31,7 +33,28 @@ def testhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHost]:
 
 
 @pytest.fixture
-def node(db: None, testhost: TestHost) -> Node:
+def held_jobs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Jobs go to the real broker, into a queue nobody consumes; tests run them with run_jobs.
+
+    That lets a test stop between attempts (sshd down, then up). Tests that use the real
+    worker (celery_worker) leave the queue to it.
+    """
+    if "celery_worker" in request.fixturenames:
+        yield
+        return
+    queue = f"held-{uuid.uuid4().hex[:10]}"
+    old = (celery_app.conf.task_always_eager, celery_app.conf.task_default_queue)
+    celery_app.conf.task_always_eager, celery_app.conf.task_default_queue = False, queue
+    try:
+        yield
+    finally:
+        celery_app.conf.task_always_eager, celery_app.conf.task_default_queue = old
+        with celery_app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def node(db: None, testhost: TestHost, held_jobs: None) -> Node:
     return Node.objects.create(
         name="node1",
         ssh_host="127.0.0.1",

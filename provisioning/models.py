@@ -78,8 +78,10 @@ class Site(models.Model):
     deleted_at = models.DateTimeField(null=True, blank=True)
     purge_after = models.DateTimeField(null=True, blank=True)
     backup_path = models.CharField(max_length=500, blank=True)
-    # Metering: the agent's cumulative transfer counter as last recorded.
+    # Metering: the agent's cumulative transfer counter as last recorded, and the moment up to
+    # which disk space has been charged.
     transfer_seen = models.BigIntegerField(default=0)
+    disk_metered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["domain"]

@@ -630,7 +630,7 @@ def retry_stuck_jobs() -> int:
 # Metering -------------------------------------------------------------------------------------
 
 GB = Decimal(10**9)
-HOURS_PER_MONTH = Decimal(24 * 30)
+HOURS_PER_MONTH = Decimal(24 * 30)  # disk is priced per GB-month of 30 days
 
 
 def collect_usage(*, node: Node) -> int:
@@ -655,51 +655,57 @@ def _rate(node: Node, kind: str, day: Any) -> Any:
 
 
 def record_node_usage(*, node: Node, report: dict[str, Any]) -> int:
-    """Disk as GB-hours since the last report, transfer as the growth of the node's counter."""
+    """Disk as GB-months for the time since it was last charged; transfer as counter growth.
+
+    Each site's figures are booked in one transaction with the site row locked, so a report
+    processed twice charges nothing twice.
+    """
     at = timezone.now()
-    hour = at.replace(minute=0, second=0, microsecond=0)
     recorded = 0
     sites = {
         s.system_user: s for s in Site.objects.filter(node=node).exclude(state=SiteState.PURGED)
     }
+    try:
+        disk_rate = _rate(node, "disk", at.date())
+        transfer_rate = _rate(node, "transfer", at.date())
+    except LedgerError as exc:
+        log.warning("no hosting cost rate: %s", exc)
+        return 0
     for user, figures in report.get("sites", {}).items():
-        site = sites.get(user)
-        if site is None:
+        if user not in sites:
             continue
-        try:
-            disk_rate = _rate(node, "disk", at.date())
-            transfer_rate = _rate(node, "transfer", at.date())
-        except LedgerError as exc:
-            log.warning("no hosting cost rate: %s", exc)
-            return recorded
-        disk_gb_month = (
-            Decimal(int(figures.get("disk_bytes", 0))) / GB / HOURS_PER_MONTH
-        ).quantize(Decimal("0.000001"))
-        if disk_gb_month > 0:
-            record_usage(
-                member=site.member,
-                service="hosting",
-                kind="disk",
-                quantity=disk_gb_month,
-                unit=disk_rate.unit,
-                unit_cost=disk_rate.unit_cost,
-                cost_source=disk_rate,
-                occurred_at=hour,
-                source_key=f"disk:{site.pk}:{hour:%Y%m%d%H}",
-            )
-            recorded += 1
-        total = int(figures.get("transfer_bytes_total", 0))
         with transaction.atomic():
-            locked = Site.objects.select_for_update().get(pk=site.pk)
-            grown = total - locked.transfer_seen if total >= locked.transfer_seen else total
-            quantity = (Decimal(grown) / GB).quantize(Decimal("0.000001"))
-            # Below a kilobyte the bytes wait for the next report instead of rounding away.
+            site = Site.objects.select_for_update().get(pk=sites[user].pk)
+            since = site.disk_metered_at or site.created_at
+            hours = Decimal(max(0, int((at - since).total_seconds()))) / 3600
+            disk_gb = Decimal(int(figures.get("disk_bytes", 0))) / GB
+            quantity = (disk_gb * min(hours, HOURS_PER_MONTH) / HOURS_PER_MONTH).quantize(
+                Decimal("0.000001")
+            )
             if quantity > 0:
                 record_usage(
                     member=site.member,
                     service="hosting",
-                    kind="transfer",
+                    kind="disk",
                     quantity=quantity,
+                    unit=disk_rate.unit,
+                    unit_cost=disk_rate.unit_cost,
+                    cost_source=disk_rate,
+                    occurred_at=at,
+                    source_key=f"disk:{site.pk}:{at:%Y%m%d%H%M%S}",
+                )
+                recorded += 1
+                Site.objects.filter(pk=site.pk).update(disk_metered_at=at)
+            total = int(figures.get("transfer_bytes_total", 0))
+            grown = total - site.transfer_seen if total >= site.transfer_seen else total
+            amount = (Decimal(grown) / GB).quantize(Decimal("0.000001"))
+            # Below a kilobyte the bytes wait for the next report instead of rounding away.
+            if amount > 0:
+                record_usage(
+                    member=site.member,
+                    service="hosting",
+                    kind="transfer",
+                    quantity=amount,
                     unit=transfer_rate.unit,
                     unit_cost=transfer_rate.unit_cost,
                     cost_source=transfer_rate,

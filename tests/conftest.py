@@ -30,6 +30,9 @@ from panel.celery import app as celery_app
 from panel.models import Application, Statutes, User
 from tests.factories import PASSWORD, make_statutes, make_user
 
+# Hosting fixtures (a real test node) for tests/provisioning and the browser tests.
+pytest_plugins = ["tests.hosts.fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 
@@ -226,6 +229,8 @@ def celery_worker_process(
         "PANEL_STATE_DIR": str(tmp / "state"),
         "SECRET_KEY": settings.SECRET_KEY,
         "EMAIL_URL": "locmem:",
+        # The same SSH identity as the test process, which the test hosts trust.
+        "PROVISIONING_SSH_KEY_FILE": str(settings.PROVISIONING_SSH_KEY_FILE),
     }
     log = tmp / "worker.log"
     with log.open("wb") as out:

@@ -15,7 +15,18 @@ from tests.conftest import pending_application
 
 PUBLIC = {"home", "healthz", "set_language"}
 # URL names that order or manage services: members in good standing only.
-MEMBERS_ONLY = {"provisioning:index", "newsletters:index", "telephony:index"}
+MEMBERS_ONLY = {"provisioning:index", "newsletters:index", "telephony:index", "provisioning:keys"}
+# Member pages about one object of theirs (another member's is a 404: tests/provisioning).
+MEMBERS_OBJECTS = {
+    "provisioning:site",
+    "provisioning:site_jobs",
+    "provisioning:alias_add",
+    "provisioning:alias_remove",
+    "provisioning:database_add",
+    "provisioning:site_action",
+    "provisioning:job_retry",
+    "provisioning:key_remove",
+}
 STAFF_ONLY = {
     "staff_applications",
     "staff_application_decide",
@@ -29,6 +40,7 @@ STAFF_ONLY = {
     "staff_close",
     "staff_close_progress",
     "staff_trial_balance",
+    "provisioning:staff_failed_jobs",
 }
 # Arguments for URLs that take some; access is decided before the object is looked up.
 ARGS: dict[str, list[object]] = {
@@ -38,6 +50,14 @@ ARGS: dict[str, list[object]] = {
     "staff_invoice_paid": [1],
     "staff_close": [1],
     "staff_close_progress": [1],
+    "provisioning:site": [1],
+    "provisioning:site_jobs": [1],
+    "provisioning:alias_add": [1],
+    "provisioning:alias_remove": [1, 1],
+    "provisioning:database_add": [1],
+    "provisioning:site_action": [1, "suspend"],
+    "provisioning:job_retry": [1],
+    "provisioning:key_remove": [1],
 }
 # Third-party URL sets with their own access rules (allauth's flows, Django's admin).
 FOREIGN_PREFIXES = ("accounts/", "admin/")
@@ -88,7 +108,7 @@ def test_every_project_url_is_classified():
         "statement",
         "statement_csv",
     }
-    unknown = names - PUBLIC - MEMBERS_ONLY - STAFF_ONLY - member_pages
+    unknown = names - PUBLIC - MEMBERS_ONLY - MEMBERS_OBJECTS - STAFF_ONLY - member_pages
     assert not unknown, f"classify these URLs in test_access.py: {sorted(unknown)}"
 
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from provisioning import services, ssh
 from provisioning.models import SiteKind
-from tests.provisioning.conftest import run_jobs
+from tests.hosts.fixtures import run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -108,13 +108,9 @@ def test_each_php_site_runs_as_its_own_user(alice, bob, node, testhost):
     ]
     for site in sites:
         run_jobs(site)
-        testhost.run(
-            [
-                "sh",
-                "-c",
-                f'printf "%s" "<?php echo getmyuid(), \\":\\", posix_geteuid() ?? -1;" > /srv/sites/{site.system_user}/htdocs/who.php',
-            ]
-        )
+        php = '<?php echo getmyuid(), ":", posix_geteuid();'
+        path = f"/srv/sites/{site.system_user}/htdocs/who.php"
+        testhost.run(["sh", "-c", 'printf "%s" "$1" > "$2"', "sh", php, path])
     for site in sites:
         pool = testhost.run(["cat", f"/etc/php/8.2/fpm/pool.d/{site.system_user}.conf"])
         assert f"user = {site.system_user}" in pool

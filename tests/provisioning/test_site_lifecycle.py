@@ -10,7 +10,7 @@ import pytest
 
 from provisioning import services
 from provisioning.models import JobState, Site, SiteState
-from tests.provisioning.conftest import run_jobs
+from tests.hosts.fixtures import run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

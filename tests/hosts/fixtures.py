@@ -1,4 +1,4 @@
-"""A real hosting node (see tests/hosts) and the panel's view of it."""
+"""Fixtures for hosting tests: a real node (see testhost.py) and the panel's view of it."""
 
 from __future__ import annotations
 

@@ -521,9 +521,28 @@ def job_run(*, job_id: int) -> Job:
     request = {"uuid": str(job.uuid), "verb": job.verb, "spec": job.spec}
     try:
         result = ssh.call_agent(endpoint_for(job.node), request)
+        _check_served(job, result)
     except ssh.AgentError as exc:
         return _failed(job, exc)
     return _succeeded(job, result)
+
+
+def _check_served(job: Job, result: dict[str, Any]) -> None:
+    """A site job is done when the node serves what it should, not when files are written."""
+    served = result.get("served")
+    if not isinstance(served, dict):
+        return
+    suspended = job.spec.get("state") == "suspended" or job.verb == "site.suspend"
+    wrong = {
+        name: status
+        for name, status in served.items()
+        if (status != 503 if suspended else status not in (200, 301, 302, 403))
+    }
+    if wrong:
+        raise ssh.AgentError(
+            f"the node does not serve {', '.join(f'{n} (HTTP {s})' for n, s in wrong.items())} yet",
+            permanent=False,
+        )
 
 
 def _failed(job: Job, exc: ssh.AgentError) -> Job:

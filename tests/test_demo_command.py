@@ -38,7 +38,7 @@ def start_demo(state: Path, port: int) -> tuple[subprocess.Popen[str], str]:
         for k, v in os.environ.items()
         if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "SECRET_KEY"}
     }
-    env.update(PANEL_STATE_DIR=str(state), PORT=str(port))
+    env.update(PANEL_STATE_DIR=str(state), PORT=str(port), DEMO_SITES_PORT=str(port + 1))
     proc = subprocess.Popen(
         [str(ROOT / "bin" / "demo")],
         cwd=ROOT,
@@ -122,6 +122,18 @@ def test_demo_serves_the_dashboard_runs_a_worker_and_stops_on_ctrl_c(tmp_path):
             )
             == 2
         )
+        # The demo's local hosting node serves alice's site (set up by the worker).
+        deadline = time.monotonic() + 60
+        body = ""
+        while "alice.localhost" not in body and time.monotonic() < deadline:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port + 1}/", headers={"Host": "alice.localhost"}
+            )
+            try:
+                body = urllib.request.urlopen(request, timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert "alice.localhost" in body
     finally:
         stop_demo(proc, state)
 

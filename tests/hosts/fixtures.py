@@ -66,7 +66,7 @@ def node(db: None, testhost: TestHost, held_jobs: None) -> Node:
 
 
 @pytest.fixture
-def hosting_rates(db: None, carol) -> None:  # type: ignore[no-untyped-def]
+def hosting_rates(db: None, carol) -> None:
     supplier = Supplier.objects.create(name="Serverhaus")
     for kind, unit, cost in [("disk", "GB-month", "0.04"), ("transfer", "GB", "0.001")]:
         ledger.cost_rate_set(

@@ -27,7 +27,7 @@ def new_key() -> tuple[paramiko.Ed25519Key, str]:
     return key, f"{key.get_name()} {key.get_base64()} laptop"
 
 
-def connect(testhost, user: str, key: paramiko.PKey) -> paramiko.SSHClient:  # type: ignore[no-untyped-def]
+def connect(testhost, user: str, key: paramiko.PKey) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507  (a test host)
     client.connect(
@@ -90,7 +90,9 @@ def test_the_panels_key_runs_nothing_but_the_agent(node, testhost):
         assert '"ok": false' in out  # the agent answered, and refused the empty request
         assert "the request is not JSON" in out
         with pytest.raises(paramiko.SSHException):
-            client.get_transport().open_channel(
+            transport = client.get_transport()
+            assert transport is not None
+            transport.open_channel(
                 "direct-tcpip", ("127.0.0.1", testhost.http_port), ("127.0.0.1", 0)
             )
     finally:

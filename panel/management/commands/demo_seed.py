@@ -89,6 +89,7 @@ class Command(BaseCommand):
         seed_books(
             users["carol@demo.coop"][0], [users[e][0] for e in ("alice@demo.coop", "bob@demo.coop")]
         )
+        seed_hosting(users["alice@demo.coop"][0])
         logins_file.parent.mkdir(parents=True, exist_ok=True)
         logins_file.write_text(json.dumps(logins, indent=1))
         logins_file.chmod(0o600)
@@ -204,3 +205,77 @@ def seed_books(admin: User, members: list[User]) -> None:
     if oldest.state == PeriodState.OPEN:
         closing.period_close_start(period=oldest, actor=admin)
         closing.period_close_run(period_id=oldest.pk)
+
+
+NGINX_DEMO = """# The demo's own nginx: on a high port, serving the local node's sites.
+{user_line}worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/logs/nginx-error.log;
+events {{ worker_connections 256; }}
+http {{
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    client_body_temp_path {root}/tmp/body;
+    proxy_temp_path {root}/tmp/proxy;
+    fastcgi_temp_path {root}/tmp/fastcgi;
+    uwsgi_temp_path {root}/tmp/uwsgi;
+    scgi_temp_path {root}/tmp/scgi;
+    access_log {root}/logs/nginx-access.log;
+    log_format panel '$remote_addr [$time_local] "$host" "$request" $status $bytes_sent';
+    server_names_hash_bucket_size 128;
+    server {{ listen {port} default_server; server_name _; return 404; }}
+    include {root}/vhosts/*.conf;
+}}
+"""
+
+
+def seed_hosting(member: User) -> None:
+    """A local node (the agent runs here, no SSH) with an unprivileged nginx, and one site.
+
+    Sites are named *.localhost, which browsers resolve to this machine, so a site created in
+    the demo opens at http://NAME.localhost:PORT/.
+    """
+    import os
+
+    from provisioning.models import Node, NodeStatus, Site
+    from provisioning.services import site_create
+
+    root = settings.STATE_DIR / "hosting"
+    port = int(os.environ.get("DEMO_SITES_PORT", "8081"))
+    for sub in ("sites", "vhosts", "agent", "backups", "logs", "keys", "php", "pages", "tmp"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    conf = root / "nginx.conf"
+    # Run as root (as here, in a container), nginx would hand its workers to "nobody", who
+    # cannot read a home directory; the demo keeps them as the user who runs it.
+    user_line = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(NGINX_DEMO.format(root=root, port=port, user_line=user_line))
+    agent = {
+        "privileged": False,
+        "sites_root": str(root / "sites"),
+        "vhost_dir": str(root / "vhosts"),
+        "state_dir": str(root / "agent"),
+        "backup_dir": str(root / "backups"),
+        "log_dir": str(root / "logs"),
+        "keys_dir": str(root / "keys"),
+        "php_pool_dir": str(root / "php"),
+        "pages_dir": str(root / "pages"),
+        "http_port": port,
+        "nginx": ["nginx", "-c", str(conf), "-p", str(root)],
+        "php_fpm_reload": ["true"],
+        "reload_settle_s": 0.1,
+    }
+    config = root / "agent.json"
+    config.write_text(json.dumps(agent, indent=1))
+    Node.objects.get_or_create(
+        name="local",
+        defaults={
+            "transport": "local",
+            "local_config": str(config),
+            "status": NodeStatus.AVAILABLE,
+            "capacity": 50,
+            "monthly_cost": Decimal("20.00"),
+            "cost_source": "demo: one small server",
+        },
+    )
+    if not Site.objects.filter(member=member).exists():
+        site_create(member=member, domain="alice.localhost")

@@ -22,6 +22,7 @@ PACKAGES = sorted(
         "curl",
         "iproute2",
         "lego",
+        "mariadb-server",
         "nginx-light",
         "openssh-server",
         "openssh-sftp-server",

@@ -94,3 +94,37 @@ def test_certificate_from_the_acme_server_is_served(alice, node, testhost, setti
         names = [str(entry[1]) for entry in cert.get("subjectAltName", ())]
     assert reply.startswith("HTTP/1.1 200")
     assert names == ["tls.example.org"]
+
+
+def test_database_with_generated_credentials_works_on_the_node(alice, node, testhost):
+    site = services.site_create(member=alice, domain="db.example.org")
+    run_jobs(site)
+    database, password = services.database_create(site=site, engine="mariadb", actor=alice)
+    jobs = run_jobs(site)
+    assert jobs[-1].verb == "db.ensure"
+    assert jobs[-1].state == JobState.OK, jobs[-1].error
+    assert jobs[-1].spec["password"] == "(not stored)"
+    # The credentials work, and only for this database.
+    for _ in range(50):  # MariaDB may still be starting on a fresh host
+        if testhost.run(
+            ["sh", "-c", "test -S /run/mysqld/mysqld.sock && echo up"], check=False
+        ).strip():
+            break
+    out = testhost.run(
+        [
+            "mariadb",
+            "--batch",
+            "-u",
+            database.db_user,
+            f"-p{password}",
+            database.name,
+            "-e",
+            "SELECT DATABASE(), CURRENT_USER()",
+        ]
+    )
+    assert database.name in out
+    denied = testhost.run(
+        ["mariadb", "--batch", "-u", database.db_user, f"-p{password}", "mysql", "-e", "SELECT 1"],
+        check=False,
+    )
+    assert denied == ""

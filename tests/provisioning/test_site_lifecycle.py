@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import ssl
 import urllib.request
 
@@ -110,6 +111,7 @@ def test_database_with_generated_credentials_works_on_the_node(alice, node, test
             ["sh", "-c", "test -S /run/mysqld/mysqld.sock && echo up"], check=False
         ).strip():
             break
+        time.sleep(0.1)
     out = testhost.run(
         [
             "mariadb",

@@ -137,7 +137,8 @@ ssh-keygen -A >/dev/null
 php-fpm8.2 --daemonize --fpm-config /etc/php/8.2/fpm/php-fpm.conf
 # MariaDB for site databases: socket only, as on a hosting node.
 install -d -o mysql -g mysql /run/mysqld
-mariadbd --user=mysql --skip-networking --socket=/run/mysqld/mysqld.sock >/var/log/mariadb.log 2>&1 &
+mariadbd --user=mysql --skip-networking --socket=/run/mysqld/mysqld.sock \\
+  >/var/log/mariadb.log 2>&1 &
 nginx
 pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" -dns01 127.0.0.1:{dns_port} \\
   -http01 "" -https01 "" -tlsalpn01 "" -management 127.0.0.1:{challtest_port} \\

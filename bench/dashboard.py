@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Run as a script, Python puts bench/ first on the path; the project root goes there instead.
+sys.path[0] = str(ROOT)
 
 
 def main() -> None:

@@ -21,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+# Run as a script, Python puts bench/ first on the path, where this file would shadow the
+# package of the same name; the project root goes there instead.
+sys.path[0] = str(ROOT)
 
 
 def main() -> None:
@@ -32,7 +33,8 @@ def main() -> None:
     timed, batch = (5, 20) if args.quick else (20, 100)
 
     import psycopg
-    from ledger import admin_url  # the same throw-away database helper as bench/ledger.py
+
+    from bench.ledger import admin_url  # the same throw-away database helper
 
     admin = admin_url()
     name = f"panel_bench_{uuid.uuid4().hex[:8]}"
@@ -135,7 +137,7 @@ def run(database_url: str, timed: int, batch: int) -> None:
     finally:
         host.stop()
         with app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)
+            conn.default_channel.queue_delete(queue)  # type: ignore[attr-defined]
 
     print(f"site_ready_p50_s: {statistics.median(seconds):.2f}")
     print(f"site_ready_max_s: {max(seconds):.2f}")

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print `name: value` lines (see each issue)."""

@@ -364,6 +364,10 @@ def nginx_check_and_reload(config: dict[str, Any]) -> None:
         run([*config["nginx"], "-t", "-q"])
         run([*config["nginx"], "-s", "reload"])
         done_path.write_text(str(latest))
+        count_path = state / "reload.count"  # for operators (and tests): reloads so far
+        count_path.write_text(
+            str(int(count_path.read_text() or 0) + 1 if count_path.exists() else 1)
+        )
 
 
 # Root operations ------------------------------------------------------------------------------

@@ -90,3 +90,31 @@ def test_retries_run_out_into_a_hard_error(alice, node, testhost, settings, mail
     told = [m for m in mailoutbox if m.to == ["admins@example.org"]]
     assert len(told) == 1
     assert "gave up after 2 attempts" in told[0].body
+
+
+def test_a_burst_of_sites_reloads_nginx_far_fewer_times(alice, node, testhost):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    def reloads() -> int:
+        text = testhost.run(
+            ["sh", "-c", "cat /var/lib/panel-agent/reload.count 2>/dev/null || echo 0"]
+        )
+        return int(text.strip() or 0)
+
+    sites = [services.site_create(member=alice, domain=f"burst{n}.example.org") for n in range(8)]
+    before = reloads()
+
+    def run(site_id: int) -> str:
+        job = Job.objects.get(site_id=site_id)
+        try:
+            return job_run(job_id=job.pk).state
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        states = list(pool.map(run, [s.pk for s in sites]))
+    assert states == [JobState.OK] * 8
+    assert all(testhost.http(s.domain)[0] == 200 for s in sites)
+    assert reloads() - before <= 4, "eight sites at once must not mean eight reloads"

@@ -27,6 +27,7 @@ app.conf.beat_schedule = {
         "task": "provisioning.tasks.collect_usage",
         "schedule": crontab(minute="0"),
     },
+    "calls-expire-unsettled": {"task": "telephony.tasks.expire_unsettled_calls", "schedule": 60.0},
     "purge-expired-sessions": {
         "task": "panel.tasks.purge_expired_sessions",
         "schedule": crontab(hour="3", minute="17"),

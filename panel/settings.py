@@ -240,6 +240,10 @@ ACME_EMAIL = env_str("ACME_EMAIL", "hostmaster@localhost")
 SITE_PURGE_AFTER_DAYS = env_int("SITE_PURGE_AFTER_DAYS", 14, minimum=0)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 8, minimum=1)
 
+# Telephony -----------------------------------------------------------------------------
+FASTAGI_LISTEN = env_str("FASTAGI_LISTEN", "127.0.0.1:4573")
+FASTAGI_MAX_SESSIONS = env_int("FASTAGI_MAX_SESSIONS", 64, minimum=1)
+
 # Logging -------------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
 LOGGING = {

@@ -1,0 +1,221 @@
+"""The FastAGI server: Asterisk connects for ``/authorize`` before Dial and ``/settle`` after.
+
+pyst2's own fastagi module is Python 2 only, so the socket server is written here: threads,
+a bound on concurrent sessions (over it, a connection is closed at once and the dialplan's
+AGISTATUS says FAILURE), a timeout on every read, Django's database connection closed after
+each session.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socketserver
+import threading
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db import close_old_connections, connection
+
+from panel.models import Membership, MembershipStatus
+from telephony import services
+from telephony.agi import AgiError, ChannelGone, Session
+from telephony.models import AccessNumber, CallRecord, CallState
+
+log = logging.getLogger(__name__)
+UNIQUEID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+EPOCH = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,6})?$")
+TRIES = 3
+
+
+def _epoch(text: str) -> Decimal | None:
+    if not EPOCH.match(text or ""):
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return None
+
+
+def authorize(session: Session) -> str:
+    """Identify the caller, read the destination, decide, and tell the dialplan."""
+    env = session.env
+    uniqueid = env.get("agi_uniqueid", "")
+    if not UNIQUEID.match(uniqueid):
+        session.set("AUTH_RESULT", "REFUSED")
+        return f"refused: bad uniqueid {uniqueid!r}"
+    caller = env.get("agi_callerid", "")
+    access = AccessNumber.objects.filter(number=env.get("agi_arg_1", "")).first()
+    if access is None:
+        return _refusal(session, uniqueid, "unknown access number", "custom/unknown-access")
+    session.answer()
+    member = None
+    phone = services.identify(caller)
+    if phone is not None and phone.verified_at is not None:
+        member = phone.member
+    elif phone is not None and phone.verification_code:
+        for _ in range(TRIES):
+            code = session.read_digits("custom/enter-code", timeout_ms=7000, max_digits=6)
+            if services.verify_phone(phone=phone, code=code):
+                session.stream("custom/phone-verified")
+                member = phone.member
+                break
+    if member is None:
+        for _ in range(TRIES):
+            if phone is not None:
+                candidate, pin = (
+                    phone.member,
+                    session.read_digits("custom/enter-pin", timeout_ms=7000, max_digits=8),
+                )
+                if services.check_pin(candidate, pin):
+                    member = candidate
+                    break
+            else:
+                account = session.read_digits(
+                    "custom/enter-account", timeout_ms=7000, max_digits=12
+                )
+                pin = session.read_digits("custom/enter-pin", timeout_ms=7000, max_digits=8)
+                member = services.member_by_account(account, pin)
+                if member is not None:
+                    break
+            session.stream("custom/pin-wrong")
+        if member is None:
+            return _refusal(
+                session,
+                uniqueid,
+                "caller not identified (PIN)",
+                "custom/goodbye",
+                caller=caller,
+                access=access,
+            )
+    if not Membership.objects.filter(user=member, status=MembershipStatus.MEMBER).exists():
+        return _refusal(
+            session,
+            uniqueid,
+            "not a member in good standing",
+            "custom/goodbye",
+            caller=caller,
+            access=access,
+        )
+    digits = ""
+    for _ in range(TRIES):
+        digits = session.read_digits("custom/enter-number", timeout_ms=7000, max_digits=20)
+        if digits.isdigit() and len(digits) >= 3:
+            break
+        session.stream("custom/invalid-number")
+    decision = services.call_authorize(
+        uniqueid=uniqueid, member=member, caller=caller, access_number=access, digits=digits
+    )
+    if not decision.ok:
+        session.stream(decision.prompt or "custom/goodbye")
+        session.set("AUTH_RESULT", "REFUSED")
+        session.set("AUTH_REASON", decision.reason[:80].replace('"', "'"))
+        return f"refused: {decision.reason}"
+    for n, dial in enumerate(decision.dial_strings, start=1):
+        session.set(f"DIAL_STRING_{n}", dial)
+    session.set("DIAL_COUNT", str(len(decision.dial_strings)))
+    session.set("LIMIT_MS", str(decision.limit_seconds * 1000))
+    session.set("AUTH_RESULT", "OK")
+    return f"authorized {decision.call.destination if decision.call else ''} for {decision.limit_seconds}s"
+
+
+def _refusal(
+    session: Session,
+    uniqueid: str,
+    reason: str,
+    prompt: str,
+    *,
+    caller: str = "",
+    access: AccessNumber | None = None,
+) -> str:
+    CallRecord.objects.get_or_create(
+        uniqueid=uniqueid,
+        defaults={
+            "state": CallState.REFUSED,
+            "refusal": reason,
+            "caller": caller[:32],
+            "access_number": access,
+        },
+    )
+    log.info("call %s refused: %s", uniqueid, reason)
+    try:
+        session.stream(prompt)
+    except ChannelGone:
+        pass
+    session.set("AUTH_RESULT", "REFUSED")
+    session.set("AUTH_REASON", reason[:80])
+    return f"refused: {reason}"
+
+
+def settle(session: Session) -> str:
+    """From the hangup handler: DIALSTATUS, the callee's answer time, the end time."""
+    uniqueid = session.env.get("agi_uniqueid", "")
+    if not UNIQUEID.match(uniqueid) or not CallRecord.objects.filter(uniqueid=uniqueid).exists():
+        return f"nothing to settle for {uniqueid!r}"
+    status = re.sub(r"[^A-Z]", "", session.env.get("agi_arg_1", ""))[:20]
+    call = services.call_settle(
+        uniqueid=uniqueid,
+        dial_status=status,
+        answered_at=_epoch(session.env.get("agi_arg_2", "")),
+        ended_at=_epoch(session.env.get("agi_arg_3", "")),
+    )
+    return f"settled {uniqueid}: {call.billed_seconds}s, {call.cost}"
+
+
+ROUTES = {"authorize": authorize, "settle": settle}
+
+
+class Handler(socketserver.StreamRequestHandler):
+    server: Server
+
+    def handle(self) -> None:
+        self.request.settimeout(self.server.read_timeout)
+        outcome = "?"
+        try:
+            session = Session(self.rfile, self.wfile)
+            script = session.env.get("agi_network_script", "").split("?", 1)[0].strip("/")
+            route = ROUTES.get(script)
+            if route is None:
+                outcome = f"unknown script {script!r}"
+                session.verbose(f"panel: {outcome}", 1)
+                return
+            outcome = route(session)
+        except ChannelGone as exc:
+            outcome = f"caller gone: {exc}"
+        except AgiError as exc:
+            outcome = f"AGI error ({'permanent' if exc.permanent else 'transient'}): {exc}"
+            log.warning(outcome)
+        except Exception:
+            log.exception("FastAGI session failed")
+            outcome = "error"
+        finally:
+            self.server.outcomes.append(outcome)
+            del self.server.outcomes[:-1000]
+            connection.close()
+
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], *, max_sessions: int = 64, read_timeout: float = 30.0
+    ) -> None:
+        self.slots = threading.BoundedSemaphore(max_sessions)
+        self.read_timeout = read_timeout
+        self.outcomes: list[str] = []
+        super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            log.warning("FastAGI: too many sessions, refusing %s", client_address)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            close_old_connections()
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()

@@ -1,0 +1,725 @@
+"""Telephony write path: rate decks, phones and PINs, and the two halves of every call.
+
+``call_authorize`` decides whether a call may go out and reserves the credit for it (one
+database transaction); ``call_settle`` bills what the callee was actually connected for, at
+the rate chosen when the call began, and frees the rest. Both are safe to repeat.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.hashers import check_password, make_password
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Max
+from django.db.models.functions import Length
+from django.utils import timezone
+
+from panel.audit import audit_record
+from panel.models import Membership, MembershipStatus, User
+from panel.selectors.ledger import balance_of
+from panel.services import (
+    InsufficientCredit,
+    LedgerError,
+    credit_hold,
+    credit_release,
+    credit_settle,
+)
+from panel.tasking import enqueue_on_commit
+from telephony import rating
+from telephony.models import (
+    ADMIN_ONLY_CLASSES,
+    DEFAULT_ALLOWED,
+    AccessNumber,
+    CallPlan,
+    CallRecord,
+    CallState,
+    Carrier,
+    DeckState,
+    Phone,
+    Rate,
+    RateDeck,
+    Trunk,
+)
+
+log = logging.getLogger(__name__)
+E164 = re.compile(r"^\+[1-9][0-9]{5,14}$")
+PIN = re.compile(r"^[0-9]{4,8}$")
+TEMPLATE = re.compile(r"^[A-Za-z0-9/@._:-]*\{number\}[A-Za-z0-9/@._:-]*$")
+HOLD_MARGIN = timedelta(minutes=10)
+
+
+class TelephonyError(Exception):
+    """Something a member or admin asked for that cannot be done; the message says why."""
+
+
+# Phones, PINs, plans --------------------------------------------------------------------------
+
+
+def plan_for(member: User) -> CallPlan:
+    plan, _ = CallPlan.objects.get_or_create(
+        member=member,
+        defaults={"allowed_classes": list(DEFAULT_ALLOWED), "account_number": f"{member.pk:06d}"},
+    )
+    return plan
+
+
+@transaction.atomic
+def phone_add(*, member: User, number: str) -> Phone:
+    if not Membership.objects.filter(user=member, status=MembershipStatus.MEMBER).exists():
+        raise TelephonyError("Only members in good standing may order services.")
+    try:
+        parsed = rating.normalize(re.sub(r"[\s()/.-]", "", number).replace("+", "00", 1), "DE")
+    except rating.NotANumber as exc:
+        raise TelephonyError(f"{number}: {exc}") from None
+    e164 = rating.e164(parsed)
+    if Phone.objects.filter(number=e164, verified_at__isnull=False).exclude(member=member).exists():
+        raise TelephonyError(f"{e164} is verified by another member.")
+    try:
+        with transaction.atomic():
+            phone = Phone.objects.create(
+                member=member, number=e164, verification_code=f"{secrets.randbelow(10**6):06d}"
+            )
+    except IntegrityError:
+        raise TelephonyError(f"You added {e164} already.") from None
+    plan_for(member)
+    audit_record(
+        actor=member, action="phone.added", obj=phone, owner=member, after={"number": e164}
+    )
+    return phone
+
+
+@transaction.atomic
+def phone_remove(*, phone: Phone, actor: User) -> None:
+    audit_record(
+        actor=actor,
+        action="phone.removed",
+        obj=phone,
+        owner=phone.member,
+        before={"number": phone.number},
+    )
+    phone.delete()
+
+
+@transaction.atomic
+def pin_set(*, member: User, pin: str) -> CallPlan:
+    if not PIN.match(pin):
+        raise TelephonyError("A PIN is 4 to 8 digits.")
+    plan = plan_for(member)
+    CallPlan.objects.filter(pk=plan.pk).update(pin_hash=make_password(pin))
+    audit_record(actor=member, action="call_plan.pin_set", obj=plan, owner=member)
+    plan.refresh_from_db()
+    return plan
+
+
+@transaction.atomic
+def plan_update(
+    *,
+    member: User,
+    actor: User,
+    per_call_cap: Decimal,
+    allowed_classes: list[str],
+    max_concurrent: int | None = None,
+) -> CallPlan:
+    plan = plan_for(member)
+    is_admin = actor.has_perm("telephony.change_callplan") and actor.pk != member.pk
+    if not is_admin and set(allowed_classes) & ADMIN_ONLY_CLASSES - set(plan.allowed_classes):
+        raise TelephonyError("Premium-rate and shared-cost numbers can only be opened by an admin.")
+    if per_call_cap <= 0 or per_call_cap > Decimal("100"):
+        raise TelephonyError("The per-call cap is between 0.01 and 100.")
+    before = {
+        "per_call_cap": str(plan.per_call_cap),
+        "allowed_classes": plan.allowed_classes,
+        "max_concurrent": plan.max_concurrent,
+    }
+    plan.per_call_cap = per_call_cap
+    plan.allowed_classes = sorted(set(allowed_classes))
+    if max_concurrent is not None and is_admin:
+        plan.max_concurrent = max_concurrent
+    plan.save()
+    audit_record(
+        actor=actor,
+        action="call_plan.changed",
+        obj=plan,
+        owner=member,
+        before=before,
+        after={
+            "per_call_cap": str(plan.per_call_cap),
+            "allowed_classes": plan.allowed_classes,
+            "max_concurrent": plan.max_concurrent,
+        },
+    )
+    return plan
+
+
+# Trunks ---------------------------------------------------------------------------------------
+
+
+def dial_string(trunk: Trunk, e164: str) -> str:
+    """The trunk's template with the number put in; both checked against allowlists."""
+    if not TEMPLATE.match(trunk.dial_template) or trunk.dial_template.count("{number}") != 1:
+        raise TelephonyError(f"trunk {trunk} has an unsafe dial template")
+    if not E164.match(e164):
+        raise TelephonyError(f"{e164!r} is not an E.164 number")
+    return trunk.dial_template.replace("{number}", e164)
+
+
+# Rate decks -----------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, str]] = {
+    # field -> column header; "interval" means "initial/increment" in one column, like 60/60.
+    "standard": {
+        "prefix": "prefix",
+        "description": "destination",
+        "per_minute": "rate",
+        "interval": "increment",
+        "connect_fee": "connect_fee",
+    },
+    "a2billing": {
+        "prefix": "dialprefix",
+        "description": "destination",
+        "per_minute": "rateinitial",
+        "initial": "initblock",
+        "increment": "billingblock",
+        "connect_fee": "connectcharge",
+    },
+    "simple": {"prefix": "prefix", "description": "name", "per_minute": "price"},
+}
+MAX_DECK_BYTES = 50 * 1024 * 1024
+
+
+@dataclass
+class DeckRow:
+    line: int
+    prefix: str
+    description: str
+    per_minute: Decimal
+    connect_fee: Decimal
+    initial: int
+    increment: int
+
+
+class DeckError(TelephonyError):
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(errors[:10]))
+
+
+def _decimal(text: str, what: str) -> Decimal:
+    cleaned = text.strip().replace(",", ".")
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        raise ValueError(f"{what} {text!r} is not a number") from None
+    if not value.is_finite() or value < 0 or value > 1000:
+        raise ValueError(f"{what} {text!r} is not between 0 and 1000")
+    if value != value.quantize(rating.EXACT):
+        raise ValueError(f"{what} {text!r} has more than 6 decimal places")
+    return value
+
+
+def _seconds(text: str, what: str, *, allow_zero: bool) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"{what} {text!r} is not a whole number of seconds")
+    value = int(text.strip())
+    if value > 3600 or (value == 0 and not allow_zero):
+        raise ValueError(f"{what} {value} is out of range")
+    return value
+
+
+def parse_deck(content: bytes, mapping: dict[str, str]) -> list[DeckRow]:
+    """Every row of a deck, or DeckError listing every bad line (first 100) by number."""
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DeckError(["the file is not UTF-8 text"]) from None
+    try:
+        delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
+    except csv.Error:
+        delimiter = ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = [h.strip().lower() for h in next(reader, [])]
+    wanted = {k: v.lower() for k, v in mapping.items()}
+    missing = [column for column in wanted.values() if column not in header]
+    if missing or "prefix" not in wanted or "per_minute" not in wanted:
+        raise DeckError(
+            [f"line 1: missing column(s) {', '.join(missing) or 'prefix/rate'}; found {header}"]
+        )
+    index = {k: header.index(v) for k, v in wanted.items()}
+    rows: list[DeckRow] = []
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    for values in reader:
+        line = reader.line_num
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(header):
+            errors.append(f"line {line}: {len(values)} fields, the header has {len(header)}")
+            continue
+        try:
+            prefix = values[index["prefix"]].strip().lstrip("+").replace(" ", "")
+            if not prefix.isdigit() or not 1 <= len(prefix) <= 15 or prefix.startswith("0"):
+                raise ValueError(
+                    f"prefix {values[index['prefix']]!r} is not 1 to 15 digits of an international number"
+                )
+            if prefix in seen:
+                raise ValueError(f"prefix {prefix} appears again (first on line {seen[prefix]})")
+            if "interval" in index:
+                parts = values[index["interval"]].strip().split("/")
+                if len(parts) != 2:
+                    raise ValueError(f"increment {values[index['interval']]!r} is not like 60/60")
+                initial = _seconds(parts[0], "initial block", allow_zero=True)
+                increment = _seconds(parts[1], "increment", allow_zero=False)
+            else:
+                initial = (
+                    _seconds(values[index["initial"]], "initial block", allow_zero=True)
+                    if "initial" in index
+                    else 60
+                )
+                increment = (
+                    _seconds(values[index["increment"]], "increment", allow_zero=False)
+                    if "increment" in index
+                    else 60
+                )
+            row = DeckRow(
+                line=line,
+                prefix=prefix,
+                description=values[index["description"]].strip()[:200]
+                if "description" in index
+                else "",
+                per_minute=_decimal(values[index["per_minute"]], "rate"),
+                connect_fee=_decimal(values[index["connect_fee"]], "connect fee")
+                if "connect_fee" in index
+                else Decimal(0),
+                initial=initial,
+                increment=increment,
+            )
+        except ValueError as exc:
+            errors.append(f"line {line}: {exc}")
+            continue
+        seen[prefix] = line
+        rows.append(row)
+    if errors:
+        raise DeckError(
+            errors[:100] + ([f"… and {len(errors) - 100} more"] if len(errors) > 100 else [])
+        )
+    if not rows:
+        raise DeckError(["the deck has no rates"])
+    return rows
+
+
+@transaction.atomic
+def deck_upload(
+    *,
+    carrier: Carrier,
+    actor: User | None,
+    filename: str,
+    content: bytes,
+    mapping: dict[str, str],
+    effective_from: datetime,
+) -> RateDeck:
+    if len(content) > MAX_DECK_BYTES:
+        raise DeckError(["the file is larger than 50 MB"])
+    unknown = set(mapping) - {
+        "prefix",
+        "description",
+        "per_minute",
+        "connect_fee",
+        "initial",
+        "increment",
+        "interval",
+    }
+    if unknown:
+        raise DeckError([f"unknown mapping fields {sorted(unknown)}"])
+    Carrier.objects.select_for_update().get(pk=carrier.pk)  # versions are numbered one at a time
+    version = (RateDeck.objects.filter(carrier=carrier).aggregate(v=Max("version"))["v"] or 0) + 1
+    deck = RateDeck.objects.create(
+        carrier=carrier,
+        version=version,
+        effective_from=effective_from,
+        source_name=filename[:200],
+        source_sha256=hashlib.sha256(content).hexdigest(),
+        content=content,
+        mapping=mapping,
+        uploaded_by=actor,
+        rows_total=content.count(b"\n"),
+    )
+    audit_record(
+        actor=actor,
+        action="rate_deck.uploaded",
+        obj=deck,
+        owner=None,
+        after={"version": version, "file": filename, "sha256": deck.source_sha256},
+    )
+    from telephony.tasks import import_deck
+
+    enqueue_on_commit(import_deck, deck.pk)
+    return deck
+
+
+def deck_import(*, deck_id: int) -> RateDeck:
+    """Validate the whole file, then insert all rates in one transaction (or none)."""
+    deck = RateDeck.objects.get(pk=deck_id)
+    if deck.state != DeckState.IMPORTING:
+        return deck
+    try:
+        rows = parse_deck(bytes(deck.content or b""), deck.mapping)
+    except DeckError as exc:
+        RateDeck.objects.filter(pk=deck.pk, state=DeckState.IMPORTING).update(
+            state=DeckState.FAILED, errors=exc.errors, content=None
+        )
+        deck.refresh_from_db()
+        return deck
+    RateDeck.objects.filter(pk=deck.pk).update(rows_total=len(rows), rows_done=0)
+    with transaction.atomic():
+        locked = RateDeck.objects.select_for_update().get(pk=deck.pk)
+        if locked.state != DeckState.IMPORTING or Rate.objects.filter(deck=deck).exists():
+            return locked
+        if connection.vendor == "postgresql":
+            with (
+                connection.cursor() as cursor,
+                cursor.cursor.copy(
+                    "COPY telephony_rate (deck_id, prefix, description, per_minute, connect_fee, initial_seconds, increment_seconds) FROM STDIN"
+                ) as copy,
+            ):
+                for r in rows:
+                    copy.write_row(
+                        (
+                            deck.pk,
+                            r.prefix,
+                            r.description,
+                            r.per_minute,
+                            r.connect_fee,
+                            r.initial,
+                            r.increment,
+                        )
+                    )
+        else:
+            Rate.objects.bulk_create(
+                [
+                    Rate(
+                        deck=deck,
+                        prefix=r.prefix,
+                        description=r.description,
+                        per_minute=r.per_minute,
+                        connect_fee=r.connect_fee,
+                        initial_seconds=r.initial,
+                        increment_seconds=r.increment,
+                    )
+                    for r in rows
+                ],
+                batch_size=2000,
+            )
+        RateDeck.objects.filter(pk=deck.pk).update(
+            state=DeckState.READY, rows_done=len(rows), content=None
+        )
+    deck.refresh_from_db()
+    return deck
+
+
+def deck_in_force(carrier: Carrier, at: datetime | None = None) -> RateDeck | None:
+    return (
+        RateDeck.objects.filter(
+            carrier=carrier, state=DeckState.READY, effective_from__lte=at or timezone.now()
+        )
+        .order_by("-effective_from", "-version")
+        .first()
+    )
+
+
+def rate_for(deck: RateDeck, e164: str) -> Rate | None:
+    """The longest matching prefix of the deck (one indexed lookup over ≤ 15 keys)."""
+    return (
+        Rate.objects.filter(deck=deck, prefix__in=rating.prefixes(e164))
+        .order_by(Length("prefix").desc())
+        .first()
+    )
+
+
+@dataclass
+class Quote:
+    e164: str
+    destination_class: str
+    rate: Rate | None
+    deck: RateDeck | None
+    trunk: Trunk | None
+    per_minute: Decimal = Decimal(0)
+
+
+def quote(*, digits: str, region: str) -> Quote:
+    """What a call to a number costs per minute now (for members' "what does it cost?")."""
+    number = rating.normalize(re.sub(r"[\s()/.-]", "", digits).replace("+", "00", 1), region)
+    e164 = rating.e164(number)
+    for trunk in Trunk.objects.filter(active=True).select_related("carrier"):
+        deck = deck_in_force(trunk.carrier)
+        rate = rate_for(deck, e164) if deck else None
+        if rate is not None:
+            return Quote(e164, rating.classify(number), rate, deck, trunk, rate.per_minute)
+    return Quote(e164, rating.classify(number), None, None, None)
+
+
+# Calls ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    ok: bool
+    reason: str = ""
+    prompt: str = ""
+    limit_seconds: int = 0
+    dial_strings: list[str] = field(default_factory=list)
+    call: CallRecord | None = None
+
+
+def identify(caller: str) -> Phone | None:
+    """The phone a caller ID belongs to (verified first), if any."""
+    if not E164.match(caller or ""):
+        return None
+    return (
+        Phone.objects.filter(number=caller)
+        .select_related("member")
+        .order_by(F("verified_at").desc(nulls_last=True))
+        .first()
+    )
+
+
+def verify_phone(*, phone: Phone, code: str) -> bool:
+    """The member keyed in the code shown in the panel, calling from this phone."""
+    if not phone.verification_code or not secrets.compare_digest(phone.verification_code, code):
+        return False
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                done = Phone.objects.filter(pk=phone.pk, verified_at__isnull=True).update(
+                    verified_at=timezone.now(), verification_code=""
+                )
+        except IntegrityError:
+            return False  # somebody else verified this number first
+        if done:
+            audit_record(
+                actor=phone.member,
+                action="phone.verified",
+                obj=phone,
+                owner=phone.member,
+                after={"number": phone.number},
+            )
+    return bool(done)
+
+
+def member_by_account(account: str, pin: str) -> User | None:
+    plan = CallPlan.objects.filter(account_number=account).select_related("member").first()
+    if plan is None or not plan.pin_hash or not check_password(pin, plan.pin_hash):
+        return None
+    return plan.member
+
+
+def check_pin(member: User, pin: str) -> bool:
+    plan = CallPlan.objects.filter(member=member).first()
+    return bool(plan and plan.pin_hash and check_password(pin, plan.pin_hash))
+
+
+def _refuse(uniqueid: str, reason: str, prompt: str, **record: Any) -> Decision:
+    log.info("call %s refused: %s", uniqueid, reason)
+    call, _ = CallRecord.objects.get_or_create(
+        uniqueid=uniqueid, defaults={"state": CallState.REFUSED, "refusal": reason[:200], **record}
+    )
+    return Decision(ok=False, reason=reason, prompt=prompt, call=call)
+
+
+def call_authorize(
+    *, uniqueid: str, member: User, caller: str, access_number: AccessNumber, digits: str
+) -> Decision:
+    """Decide a call, and if it may go out, hold the credit for it. One transaction."""
+    existing = CallRecord.objects.filter(uniqueid=uniqueid).first()
+    if existing is not None:  # Asterisk asked again for the same call: same answer
+        return Decision(
+            ok=existing.state == CallState.AUTHORIZED,
+            reason=existing.refusal,
+            call=existing,
+            limit_seconds=existing.limit_seconds,
+            dial_strings=_dial_strings(existing.destination),
+        )
+    base = {"member": member, "caller": caller[:32], "access_number": access_number}
+    try:
+        number = rating.normalize(digits, access_number.country)
+    except rating.NotANumber as exc:
+        return _refuse(
+            uniqueid,
+            f"not a number: {exc}",
+            "custom/invalid-number",
+            destination=digits[:32],
+            **base,
+        )
+    e164 = rating.e164(number)
+    klass = rating.classify(number)
+    base.update(destination=e164, destination_class=klass)
+    plan = plan_for(member)
+    if klass not in plan.allowed_classes:
+        return _refuse(
+            uniqueid,
+            f"{klass} numbers are blocked by the call plan",
+            "custom/destination-blocked",
+            **base,
+        )
+    choice = None
+    for trunk in (
+        Trunk.objects.filter(active=True).select_related("carrier").order_by("priority", "name")
+    ):
+        deck = deck_in_force(trunk.carrier)
+        rate = rate_for(deck, e164) if deck else None
+        if rate is not None:
+            choice = (trunk, deck, rate)
+            break
+    if choice is None:
+        return _refuse(uniqueid, f"no rate for {e164}", "custom/no-rate", **base)
+    trunk, deck, rate = choice
+    with transaction.atomic():
+        busy = (
+            CallRecord.objects.select_for_update()
+            .filter(member=member, state=CallState.AUTHORIZED)
+            .count()
+        )
+        if busy >= plan.max_concurrent:
+            return _refuse(
+                uniqueid, f"{busy} calls already in progress", "custom/too-many-calls", **base
+            )
+        for _attempt in range(3):
+            available = balance_of(member).available
+            amount = min(available, plan.per_call_cap).quantize(rating.EXACT)
+            seconds = rating.affordable_seconds(
+                hold=amount,
+                per_minute=rate.per_minute,
+                connect_fee=rate.connect_fee,
+                initial=rate.initial_seconds,
+                increment=rate.increment_seconds,
+            )
+            if amount <= 0 or seconds <= 0:
+                return _refuse(
+                    uniqueid,
+                    f"credit {available} does not pay the first block",
+                    "custom/no-credit",
+                    **base,
+                )
+            try:
+                with transaction.atomic():
+                    credit_hold(
+                        member=member,
+                        amount=amount,
+                        key=f"call:{uniqueid}",
+                        service="calls",
+                        expires_at=timezone.now() + timedelta(seconds=seconds) + HOLD_MARGIN,
+                    )
+                break
+            except InsufficientCredit:
+                continue  # another call took credit meanwhile: look again
+        else:
+            return _refuse(uniqueid, "credit taken by other calls", "custom/no-credit", **base)
+        call = CallRecord.objects.create(
+            uniqueid=uniqueid,
+            state=CallState.AUTHORIZED,
+            limit_seconds=seconds,
+            deck=deck,
+            rate=rate,
+            per_minute=rate.per_minute,
+            connect_fee=rate.connect_fee,
+            initial_seconds=rate.initial_seconds,
+            increment_seconds=rate.increment_seconds,
+            trunk=trunk,
+            hold_key=f"call:{uniqueid}",
+            **base,
+        )
+    return Decision(
+        ok=True, limit_seconds=seconds, dial_strings=_dial_strings(e164, first=trunk), call=call
+    )
+
+
+def _dial_strings(e164: str, first: Trunk | None = None) -> list[str]:
+    """The chosen trunk first, then the others by priority (failover in the dialplan)."""
+    if not e164.startswith("+"):
+        return []
+    trunks = list(Trunk.objects.filter(active=True).order_by("priority", "name"))
+    if first is not None:
+        trunks = [first] + [t for t in trunks if t.pk != first.pk]
+    return [dial_string(t, e164) for t in trunks]
+
+
+def call_settle(
+    *, uniqueid: str, dial_status: str, answered_at: Decimal | None, ended_at: Decimal | None
+) -> CallRecord:
+    """Bill the connected time at the call's own rate; repeatable (the second time is a no-op).
+
+    ``answered_at`` and ``ended_at`` are epoch seconds from the dialplan: the callee's answer
+    (stored by Dial's U() routine) and the hangup. Asterisk's own ANSWEREDTIME counts from the
+    caller's answer, before the prompts, and would overbill.
+    """
+    call = CallRecord.objects.select_related("member").get(uniqueid=uniqueid)
+    if call.state != CallState.AUTHORIZED:
+        return call
+    answered = dial_status == "ANSWER" and answered_at is not None and ended_at is not None
+    connected = max(Decimal(0), (ended_at - answered_at)) if answered else Decimal(0)  # type: ignore[operator]
+    # Asterisk's L() ends the call at the limit; timing noise past it is not billed.
+    connected = min(connected, Decimal(call.limit_seconds))
+    billed = rating.billed_seconds(
+        answered=answered and connected > 0,
+        connected=connected,
+        initial=call.initial_seconds,
+        increment=call.increment_seconds,
+    )
+    amount = rating.cost(billed=billed, per_minute=call.per_minute, connect_fee=call.connect_fee)
+    with transaction.atomic():
+        moved = CallRecord.objects.filter(pk=call.pk, state=CallState.AUTHORIZED).update(
+            state=CallState.SETTLED,
+            dial_status=dial_status[:20],
+            connected_seconds=connected.quantize(Decimal("0.001")),
+            billed_seconds=billed,
+            cost=amount,
+            ended_at=timezone.now(),
+        )
+        if not moved:
+            return CallRecord.objects.get(pk=call.pk)
+        try:
+            credit_settle(
+                key=call.hold_key,
+                amount=amount,
+                kind="call",
+                quantity=Decimal(1),
+                unit="call",
+                unit_cost=amount,
+                cost_source=f"{call.deck} +{call.rate.prefix if call.rate else '?'}: {call.per_minute}/min, "
+                f"{call.connect_fee} connect, {call.initial_seconds}/{call.increment_seconds}s, {billed}s to {call.destination}",
+                occurred_at=call.started_at,
+            )
+        except LedgerError as exc:
+            log.error("settling call %s: %s", uniqueid, exc)
+            raise
+    call.refresh_from_db()
+    return call
+
+
+def expire_unsettled_calls(*, now: datetime | None = None) -> int:
+    """Calls that never settled (Asterisk crashed, the hangup handler failed): free the hold."""
+    now = now or timezone.now()
+    count = 0
+    for call in CallRecord.objects.filter(state=CallState.AUTHORIZED).select_related("member"):
+        if call.started_at + timedelta(seconds=call.limit_seconds) + HOLD_MARGIN > now:
+            continue
+        if CallRecord.objects.filter(pk=call.pk, state=CallState.AUTHORIZED).update(
+            state=CallState.EXPIRED, ended_at=now
+        ):
+            credit_release(key=call.hold_key)
+            count += 1
+    return count
+
+
+def settings_max_concurrency() -> int:
+    return int(getattr(settings, "FASTAGI_MAX_SESSIONS", 64))

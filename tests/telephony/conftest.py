@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from panel.models import Supplier
+from panel.services import ledger
+from telephony import services
+from telephony.fastagi import Server
+from telephony.models import AccessNumber, Carrier, Phone, Trunk
+from tests.conftest import free_port
+
+DECK = b"""prefix,destination,rate,increment,connect_fee
+49,Germany fixed,0.010000,60/60,0
+4915,Germany mobile,0.050000,30/6,0.01
+4930,Berlin,0.008000,1/1,0
+1,USA,0.012000,6/6,0
+44,United Kingdom,0.015000,60/1,0
+49900,Germany premium,1.990000,60/60,0
+"""
+
+
+@pytest.fixture
+def carrier(db: None, carol) -> Carrier:  # type: ignore[no-untyped-def]
+    supplier = Supplier.objects.create(name="Carrier One")
+    carrier = Carrier.objects.create(name="Carrier One", supplier=supplier)
+    Trunk.objects.create(carrier=carrier, name="carrier1", dial_template="PJSIP/{number}@carrier1", priority=1)
+    Trunk.objects.create(carrier=carrier, name="carrier1-backup", dial_template="PJSIP/{number}@carrier1b", priority=2)
+    deck = services.deck_upload(
+        carrier=carrier, actor=carol, filename="deck.csv", content=DECK, mapping=services.PRESETS["standard"],
+        effective_from=timezone.now() - timedelta(days=1),
+    )
+    services.deck_import(deck_id=deck.pk)
+    return carrier
+
+
+@pytest.fixture
+def access(db: None) -> AccessNumber:
+    return AccessNumber.objects.create(number="+4930900900", city="Berlin", country="DE")
+
+
+@pytest.fixture
+def caller(alice) -> Phone:  # type: ignore[no-untyped-def]
+    """alice's verified mobile, and 5.00 of credit."""
+    phone = services.phone_add(member=alice, number="+49 151 23456789")
+    Phone.objects.filter(pk=phone.pk).update(verified_at=timezone.now(), verification_code="")
+    ledger.payment_record(
+        actor=None, member=alice, amount=Decimal("5.00"), received_on=timezone.localdate(),
+        reference="top-up", source_key="alice-calls",
+    )
+    phone.refresh_from_db()
+    return phone
+
+
+@pytest.fixture
+def agi_server(transactional_db: None) -> Iterator[tuple[str, int]]:
+    """The FastAGI server on a loopback port, in a thread of this process (same database)."""
+    port = free_port()
+    server = Server(("127.0.0.1", port), max_sessions=64, read_timeout=10)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield "127.0.0.1", port
+    server.shutdown()
+    server.server_close()

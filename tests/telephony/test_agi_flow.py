@@ -1,0 +1,133 @@
+"""Calls through the real FastAGI server over TCP, with Asterisk's side spoken exactly."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from panel.models import CreditHold, MemberBalance, UsageEvent
+from telephony import asterisk_sim, services
+from telephony.models import CallRecord, CallState, Phone
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def call(server, *, uniqueid="call-1", caller="+4915123456789", dtmf=("00441234567890",), **kw):  # type: ignore[no-untyped-def]
+    host, port = server
+    return asterisk_sim.run(
+        asterisk_sim.Call(uniqueid=uniqueid, caller=caller, access="+4930900900", args=["+4930900900", caller], dtmf=list(dtmf), **kw),
+        host, port,
+    )
+
+
+def settle(server, uniqueid, status="ANSWER", answered=None, ended=None):  # type: ignore[no-untyped-def]
+    host, port = server
+    args = [status, str(answered or ""), str(ended or "")]
+    return asterisk_sim.run(asterisk_sim.Call(uniqueid=uniqueid, caller="", access="", script="settle", args=args), host, port)
+
+
+def test_verified_caller_id_goes_out_with_a_limit_from_the_hold(agi_server, carrier, access, caller):
+    done = call(agi_server, dtmf=["00442079460123"])
+    assert done.variables["AUTH_RESULT"] == "OK"
+    assert done.variables["DIAL_STRING_1"] == "PJSIP/+442079460123@carrier1"
+    assert done.variables["DIAL_STRING_2"] == "PJSIP/+442079460123@carrier1b"
+    # 5.00 of credit, per-call cap 5.00, UK at 0.015/min in 60/1: 60 s + (5 - 0.015) / 0.00025 s
+    # = 20000 s, more than the longest call allowed (4 hours).
+    assert done.variables["LIMIT_MS"] == str(4 * 3600 * 1000)
+    record = CallRecord.objects.get(uniqueid="call-1")
+    assert record.state == CallState.AUTHORIZED
+    assert record.destination == "+442079460123"
+    assert CreditHold.objects.get(key="call:call-1").amount == Decimal("5")
+    # Asterisk ends every FastAGI session with HANGUP; the server takes it calmly.
+    assert done.transcript[-1] == ("<<", "HANGUP")
+
+
+def test_settle_bills_connected_seconds_once(agi_server, carrier, access, caller, alice):
+    call(agi_server, uniqueid="call-2", dtmf=["030123456"])  # Berlin, 1/1 at 0.008
+    settle(agi_server, "call-2", answered=1000.0, ended=1125.4)
+    settle(agi_server, "call-2", answered=1000.0, ended=1125.4)  # the hangup handler ran twice
+    record = CallRecord.objects.get(uniqueid="call-2")
+    assert record.state == CallState.SETTLED
+    assert record.billed_seconds == 126
+    assert record.cost == Decimal("0.016800")
+    assert UsageEvent.objects.filter(source_key="hold:call:call-2").count() == 1
+    balance = MemberBalance.objects.get(member=alice)
+    assert balance.held == 0
+    assert balance.unbilled == Decimal("0.016800")
+
+
+def test_unanswered_calls_cost_nothing(agi_server, carrier, access, caller, alice):
+    call(agi_server, uniqueid="call-3", dtmf=["030123456"])
+    settle(agi_server, "call-3", status="BUSY")
+    record = CallRecord.objects.get(uniqueid="call-3")
+    assert (record.billed_seconds, record.cost) == (0, Decimal("0"))
+    assert MemberBalance.objects.get(member=alice).held == 0
+
+
+def test_unknown_caller_identifies_with_account_and_pin(agi_server, carrier, access, caller, alice):
+    services.pin_set(member=alice, pin="4711")
+    account = services.plan_for(alice).account_number
+    done = call(agi_server, caller="+4989111111", dtmf=[account, "4711", "030123456"])
+    assert done.variables["AUTH_RESULT"] == "OK"
+    assert CallRecord.objects.get(uniqueid="call-1").member == alice
+
+
+def test_three_wrong_pins_end_the_call(agi_server, carrier, access, caller, alice):
+    services.pin_set(member=alice, pin="4711")
+    account = services.plan_for(alice).account_number
+    done = call(agi_server, caller="+4989111111", dtmf=[account, "1111", account, "2222", account, "3333"])
+    assert done.variables["AUTH_RESULT"] == "REFUSED"
+    assert "not identified" in done.variables["AUTH_REASON"]
+    assert [c for d, c in done.transcript if d == ">>" and "pin-wrong" in c]
+
+
+def test_phone_is_verified_by_calling_and_keying_the_code(agi_server, carrier, access, alice, caller):
+    phone = services.phone_add(member=alice, number="+49 30 1234567")
+    done = call(agi_server, caller=phone.number, dtmf=[phone.verification_code, "030123456"])
+    assert done.variables["AUTH_RESULT"] == "OK"
+    phone.refresh_from_db()
+    assert phone.verified_at is not None
+
+
+@pytest.mark.parametrize(
+    ("dtmf", "reason", "prompt"),
+    [
+        (["*#*", "12", "##"], "not a number", "custom/invalid-number"),
+        (["00999123456"], "not a number", "custom/invalid-number"),
+        (["0033123456789"], "no rate for", "custom/no-rate"),
+        (["09001234567"], "blocked by the call plan", "custom/destination-blocked"),
+    ],
+)
+def test_refusals_play_a_prompt_and_say_why(agi_server, carrier, access, caller, dtmf, reason, prompt):
+    done = call(agi_server, dtmf=dtmf)
+    assert done.variables["AUTH_RESULT"] == "REFUSED"
+    assert reason in done.variables["AUTH_REASON"]
+    assert any(prompt in command for direction, command in done.transcript if direction == ">>")
+    assert CallRecord.objects.get(uniqueid="call-1").state == CallState.REFUSED
+
+
+def test_no_credit_is_refused(agi_server, carrier, access, alice):
+    phone = services.phone_add(member=alice, number="+49 151 99999999")
+    Phone.objects.filter(pk=phone.pk).update(verified_at=timezone.now())
+    done = call(agi_server, caller=phone.number, dtmf=["030123456"])
+    assert done.variables["AUTH_RESULT"] == "REFUSED"
+    assert "does not pay the first block" in done.variables["AUTH_REASON"]
+
+
+def test_hangup_during_the_prompt_leaves_nothing_held(agi_server, carrier, access, caller, alice):
+    done = call(agi_server, dtmf=[], hangup_after_commands=1)
+    assert ("<<", "HANGUP") in done.transcript
+    assert not CreditHold.objects.exists()
+    assert MemberBalance.objects.get(member=alice).held == 0
+
+
+def test_long_prompt_before_dial_is_not_billed(agi_server, carrier, access, caller):
+    """The caller spent 25 s in prompts; the callee was connected 3.5 s (Berlin, 1/1)."""
+    call(agi_server, uniqueid="call-9", dtmf=["030123456"])
+    answered_by_callee = 1725.0  # set by Dial's U() routine when the callee answered
+    settle(agi_server, "call-9", answered=answered_by_callee, ended=answered_by_callee + 3.5)
+    record = CallRecord.objects.get(uniqueid="call-9")
+    assert record.billed_seconds == 4
+    assert record.cost == Decimal("0.000533")

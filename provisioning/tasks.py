@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
 from provisioning import services
 from provisioning.models import Node, NodeStatus
 
 
-@shared_task(acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: int) -> str:
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(self: Any, job_id: int) -> str:
     try:
         return str(services.job_run(job_id=job_id).state)
     except services.Retry as retry:
+        if self.request.is_eager:
+            # Run in-process (tests, the seed): a countdown would not wait; beat retries it.
+            return f"retry due in {retry.delay}s"
         # A new message, not a Celery retry: the job row holds the attempt count and backoff.
         run_job.apply_async(args=(job_id,), countdown=retry.delay)
         return f"retry in {retry.delay}s"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from asterisk import agi as pyst2
 
@@ -42,7 +42,7 @@ class ChannelGone(AgiError):
 class Session(pyst2.AGI):
     """One FastAGI conversation with Asterisk over a connected socket's file objects."""
 
-    def __init__(self, reader: BinaryIO, writer: BinaryIO) -> None:
+    def __init__(self, reader: IO[bytes] | Any, writer: IO[bytes] | Any) -> None:
         # Not pyst2's __init__: no SIGHUP handler, no writes to sys.stderr.
         self.stdin = reader
         self.stdout = writer

@@ -8,6 +8,7 @@ line, the environment block ends with an empty line, ``HANGUP`` at the end of ev
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import socket
@@ -108,10 +109,8 @@ def run(call: Call, host: str = "127.0.0.1", port: int = 4573, *, timeout: float
                 send("511 Command Not Permitted on a dead channel or intercept routine")
                 continue
             send(_reply(command, call, digits))
-        try:
+        with contextlib.suppress(OSError):
             send("HANGUP")  # Asterisk's last word, even when the script ended the session
-        except OSError:
-            pass
     return call
 
 
@@ -141,5 +140,9 @@ def _reply(command: str, call: Call, digits: deque[str]) -> str:
     if upper[:1] == ["EXEC"]:
         return "200 result=0"
     if re.match(r"^(SET VARIABLE|GET VARIABLE)", command.upper()):
-        return "520-Invalid command syntax.  Proper usage follows:\nSets a variable to the current channel.\n520 End of proper usage."
+        return (
+            "520-Invalid command syntax.  Proper usage follows:\n"
+            "Sets a variable to the current channel.\n"
+            "520 End of proper usage."
+        )
     return "510 Invalid or unknown command"

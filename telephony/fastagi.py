@@ -8,6 +8,7 @@ each session.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import socketserver
@@ -116,7 +117,8 @@ def authorize(session: Session) -> str:
     session.set("DIAL_COUNT", str(len(decision.dial_strings)))
     session.set("LIMIT_MS", str(decision.limit_seconds * 1000))
     session.set("AUTH_RESULT", "OK")
-    return f"authorized {decision.call.destination if decision.call else ''} for {decision.limit_seconds}s"
+    destination = decision.call.destination if decision.call else ""
+    return f"authorized {destination} for {decision.limit_seconds}s"
 
 
 def _refusal(
@@ -138,10 +140,8 @@ def _refusal(
         },
     )
     log.info("call %s refused: %s", uniqueid, reason)
-    try:
+    with contextlib.suppress(ChannelGone):
         session.stream(prompt)
-    except ChannelGone:
-        pass
     session.set("AUTH_RESULT", "REFUSED")
     session.set("AUTH_REASON", reason[:80])
     return f"refused: {reason}"
@@ -197,6 +197,7 @@ class Handler(socketserver.StreamRequestHandler):
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = 256  # a burst of calls must queue, not be reset
 
     def __init__(
         self, address: tuple[str, int], *, max_sessions: int = 64, read_timeout: float = 30.0

@@ -62,7 +62,7 @@ def prefixes(e164_number: str) -> list[str]:
 
 
 def billed_seconds(*, answered: bool, connected: Decimal, initial: int, increment: int) -> int:
-    """0 if unanswered, else initial + max(0, ceil((connected - initial) / increment)) * increment."""
+    """0 if unanswered, else initial + max(0, ceil((connected - initial) / increment)) * incr."""
     if not answered:
         return 0
     extra = max(Decimal(0), Decimal(connected) - initial)

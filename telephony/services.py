@@ -270,7 +270,8 @@ def parse_deck(content: bytes, mapping: dict[str, str]) -> list[DeckRow]:
             prefix = values[index["prefix"]].strip().lstrip("+").replace(" ", "")
             if not prefix.isdigit() or not 1 <= len(prefix) <= 15 or prefix.startswith("0"):
                 raise ValueError(
-                    f"prefix {values[index['prefix']]!r} is not 1 to 15 digits of an international number"
+                    f"prefix {values[index['prefix']]!r} is not 1 to 15 digits "
+                    "of an international number"
                 )
             if prefix in seen:
                 raise ValueError(f"prefix {prefix} appears again (first on line {seen[prefix]})")
@@ -389,7 +390,8 @@ def deck_import(*, deck_id: int) -> RateDeck:
             with (
                 connection.cursor() as cursor,
                 cursor.cursor.copy(
-                    "COPY telephony_rate (deck_id, prefix, description, per_minute, connect_fee, initial_seconds, increment_seconds) FROM STDIN"
+                    "COPY telephony_rate (deck_id, prefix, description, per_minute, connect_fee, "
+                    "initial_seconds, increment_seconds) FROM STDIN"
                 ) as copy,
             ):
                 for r in rows:
@@ -695,8 +697,7 @@ def call_settle(
                 quantity=Decimal(1),
                 unit="call",
                 unit_cost=amount,
-                cost_source=f"{call.deck} +{call.rate.prefix if call.rate else '?'}: {call.per_minute}/min, "
-                f"{call.connect_fee} connect, {call.initial_seconds}/{call.increment_seconds}s, {billed}s to {call.destination}",
+                cost_source=_rate_label(call, billed),
                 occurred_at=call.started_at,
             )
         except LedgerError as exc:
@@ -704,6 +705,14 @@ def call_settle(
             raise
     call.refresh_from_db()
     return call
+
+
+def _rate_label(call: CallRecord, billed: int) -> str:
+    prefix = call.rate.prefix if call.rate else "?"
+    return (
+        f"{call.deck} +{prefix}: {call.per_minute}/min, {call.connect_fee} connect, "
+        f"{call.initial_seconds}/{call.increment_seconds}s, {billed}s to {call.destination}"
+    )
 
 
 def expire_unsettled_calls(*, now: datetime | None = None) -> int:

@@ -3,4 +3,12 @@ from django.urls import path
 from telephony import views
 
 app_name = "telephony"
-urlpatterns = [path("", views.index, name="index")]
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("phones/", views.phone_add, name="phone_add"),
+    path("phones/<int:pk>/remove/", views.phone_remove, name="phone_remove"),
+    path("pin/", views.pin, name="pin"),
+    path("plan/", views.plan, name="plan"),
+    path("staff/decks/", views.staff_decks, name="staff_decks"),
+    path("staff/live/", views.staff_live, name="staff_live"),
+]

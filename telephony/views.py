@@ -1,12 +1,162 @@
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.utils.translation import gettext as _
-from django.views.decorators.http import require_GET
+"""Call pages: phones, PIN, plan, prices, history; staff: rate decks and live calls."""
 
-from panel.access import member_required
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from panel.access import member_required, permission_required
+from panel.selectors.ledger import balance_of
+from panel.views.core import _user
+from telephony import rating, services
+from telephony.forms import DeckForm, PhoneForm, PinForm, PlanForm, QuoteForm
+from telephony.models import (
+    ADMIN_ONLY_CLASSES,
+    AccessNumber,
+    CallRecord,
+    CallState,
+    Phone,
+    RateDeck,
+)
+
+
+def _context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
+    user = _user(request)
+    plan = services.plan_for(user)
+    return {
+        "plan": plan,
+        "balance": balance_of(user),
+        "phones": Phone.objects.filter(member=user),
+        "access_numbers": AccessNumber.objects.all(),
+        "calls": CallRecord.objects.filter(member=user).select_related("deck", "rate")[:50],
+        "phone_form": PhoneForm(),
+        "pin_form": PinForm(),
+        "plan_form": PlanForm(
+            initial={
+                "per_call_cap": plan.per_call_cap,
+                "allowed_classes": [c for c in plan.allowed_classes if c not in ADMIN_ONLY_CLASSES],
+            }
+        ),
+        "quote_form": QuoteForm(request.GET or None),
+        "currency": settings.CURRENCY,
+        **extra,
+    }
 
 
 @member_required
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "panel/coming.html", {"section": _("Calls")})
+    extra: dict[str, Any] = {}
+    form = QuoteForm(request.GET or None)
+    if request.GET and form.is_valid():
+        region = getattr(AccessNumber.objects.first(), "country", "DE")
+        try:
+            extra["quote"] = services.quote(digits=form.cleaned_data["number"], region=region)
+        except rating.NotANumber as exc:
+            form.add_error("number", str(exc))
+    return render(request, "telephony/index.html", _context(request, quote_form=form, **extra))
+
+
+@member_required
+@require_POST
+def phone_add(request: HttpRequest) -> HttpResponse:
+    form = PhoneForm(request.POST)
+    if form.is_valid():
+        try:
+            phone = services.phone_add(member=_user(request), number=form.cleaned_data["number"])
+        except services.TelephonyError as exc:
+            form.add_error("number", str(exc))
+        else:
+            messages.success(
+                request,
+                _("Call an access number from %(number)s and key in %(code)s to verify it.")
+                % {"number": phone.number, "code": phone.verification_code},
+            )
+            return redirect("telephony:index")
+    return render(request, "telephony/index.html", _context(request, phone_form=form), status=422)
+
+
+@member_required
+@require_POST
+def phone_remove(request: HttpRequest, pk: int) -> HttpResponse:
+    user = _user(request)
+    phone = get_object_or_404(Phone, pk=pk, member=user)
+    services.phone_remove(phone=phone, actor=user)
+    return redirect("telephony:index")
+
+
+@member_required
+@require_POST
+def pin(request: HttpRequest) -> HttpResponse:
+    form = PinForm(request.POST)
+    if form.is_valid():
+        services.pin_set(member=_user(request), pin=form.cleaned_data["pin"])
+        messages.success(request, _("Your PIN is set."))
+        return redirect("telephony:index")
+    return render(request, "telephony/index.html", _context(request, pin_form=form), status=422)
+
+
+@member_required
+@require_POST
+def plan(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    form = PlanForm(request.POST)
+    if form.is_valid():
+        current = services.plan_for(user)
+        keep_admin = [c for c in current.allowed_classes if c in ADMIN_ONLY_CLASSES]
+        try:
+            services.plan_update(
+                member=user,
+                actor=user,
+                per_call_cap=form.cleaned_data["per_call_cap"],
+                allowed_classes=form.cleaned_data["allowed_classes"] + keep_admin,
+            )
+        except services.TelephonyError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, _("Your call plan is saved."))
+            return redirect("telephony:index")
+    return render(request, "telephony/index.html", _context(request, plan_form=form), status=422)
+
+
+@permission_required("telephony.add_ratedeck")
+@require_http_methods(["GET", "POST"])
+def staff_decks(request: HttpRequest) -> HttpResponse:
+    form = DeckForm(request.POST if request.method == "POST" else None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            services.deck_upload(
+                carrier=form.cleaned_data["carrier"],
+                actor=_user(request),
+                filename=upload.name,
+                content=upload.read(),
+                mapping=services.PRESETS[form.cleaned_data["preset"]],
+                effective_from=form.cleaned_data["effective_from"],
+            )
+        except services.TelephonyError as exc:
+            form.add_error("file", str(exc))
+        else:
+            return redirect("telephony:staff_decks")
+    decks = RateDeck.objects.select_related("carrier").defer("content")[:50]
+    busy = any(d.state == "importing" for d in decks)
+    template = (
+        "telephony/_decks.html" if getattr(request, "htmx", False) else "telephony/staff_decks.html"
+    )
+    return render(request, template, {"form": form, "decks": decks, "busy": busy})
+
+
+@permission_required("telephony.view_callrecord")
+@require_GET
+def staff_live(request: HttpRequest) -> HttpResponse:
+    calls = CallRecord.objects.filter(state=CallState.AUTHORIZED).select_related("member", "trunk")
+    template = (
+        "telephony/_live.html" if getattr(request, "htmx", False) else "telephony/staff_live.html"
+    )
+    return render(request, template, {"calls": calls, "currency": settings.CURRENCY})

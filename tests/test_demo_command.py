@@ -38,7 +38,12 @@ def start_demo(state: Path, port: int) -> tuple[subprocess.Popen[str], str]:
         for k, v in os.environ.items()
         if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "SECRET_KEY"}
     }
-    env.update(PANEL_STATE_DIR=str(state), PORT=str(port), DEMO_SITES_PORT=str(port + 1))
+    env.update(
+        PANEL_STATE_DIR=str(state),
+        PORT=str(port),
+        DEMO_SITES_PORT=str(port + 1),
+        FASTAGI_LISTEN=f"127.0.0.1:{free_port()}",
+    )
     proc = subprocess.Popen(
         [str(ROOT / "bin" / "demo")],
         cwd=ROOT,

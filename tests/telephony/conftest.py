@@ -26,13 +26,24 @@ DECK = b"""prefix,destination,rate,increment,connect_fee
 
 
 @pytest.fixture
-def carrier(db: None, carol) -> Carrier:  # type: ignore[no-untyped-def]
+def carrier(db: None, carol) -> Carrier:
     supplier = Supplier.objects.create(name="Carrier One")
     carrier = Carrier.objects.create(name="Carrier One", supplier=supplier)
-    Trunk.objects.create(carrier=carrier, name="carrier1", dial_template="PJSIP/{number}@carrier1", priority=1)
-    Trunk.objects.create(carrier=carrier, name="carrier1-backup", dial_template="PJSIP/{number}@carrier1b", priority=2)
+    Trunk.objects.create(
+        carrier=carrier, name="carrier1", dial_template="PJSIP/{number}@carrier1", priority=1
+    )
+    Trunk.objects.create(
+        carrier=carrier,
+        name="carrier1-backup",
+        dial_template="PJSIP/{number}@carrier1b",
+        priority=2,
+    )
     deck = services.deck_upload(
-        carrier=carrier, actor=carol, filename="deck.csv", content=DECK, mapping=services.PRESETS["standard"],
+        carrier=carrier,
+        actor=carol,
+        filename="deck.csv",
+        content=DECK,
+        mapping=services.PRESETS["standard"],
         effective_from=timezone.now() - timedelta(days=1),
     )
     services.deck_import(deck_id=deck.pk)
@@ -45,13 +56,17 @@ def access(db: None) -> AccessNumber:
 
 
 @pytest.fixture
-def caller(alice) -> Phone:  # type: ignore[no-untyped-def]
+def caller(alice) -> Phone:
     """alice's verified mobile, and 5.00 of credit."""
     phone = services.phone_add(member=alice, number="+49 151 23456789")
     Phone.objects.filter(pk=phone.pk).update(verified_at=timezone.now(), verification_code="")
     ledger.payment_record(
-        actor=None, member=alice, amount=Decimal("5.00"), received_on=timezone.localdate(),
-        reference="top-up", source_key="alice-calls",
+        actor=None,
+        member=alice,
+        amount=Decimal("5.00"),
+        received_on=timezone.localdate(),
+        reference="top-up",
+        source_key="alice-calls",
     )
     phone.refresh_from_db()
     return phone
@@ -62,7 +77,9 @@ def agi_server(transactional_db: None) -> Iterator[tuple[str, int]]:
     """The FastAGI server on a loopback port, in a thread of this process (same database)."""
     port = free_port()
     server = Server(("127.0.0.1", port), max_sessions=64, read_timeout=10)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield "127.0.0.1", port
     server.shutdown()

@@ -121,7 +121,7 @@ def test_unsolicited_hangup_then_511_on_channel_commands():
 
 
 def test_hangup_during_a_prompt():
-    session, outcomes, mismatches = replay("hangup-stream")
+    _session, outcomes, mismatches = replay("hangup-stream")
     assert not mismatches
     assert outcomes[1]["result"] == ("-1", "")  # type: ignore[index]
     assert outcomes[1]["endpos"] == ("20000", "")  # type: ignore[index]

@@ -14,21 +14,35 @@ from telephony.models import CallRecord, CallState, Phone
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def call(server, *, uniqueid="call-1", caller="+4915123456789", dtmf=("00441234567890",), **kw):  # type: ignore[no-untyped-def]
+def call(server, *, uniqueid="call-1", caller="+4915123456789", dtmf=("00441234567890",), **kw):
     host, port = server
     return asterisk_sim.run(
-        asterisk_sim.Call(uniqueid=uniqueid, caller=caller, access="+4930900900", args=["+4930900900", caller], dtmf=list(dtmf), **kw),
-        host, port,
+        asterisk_sim.Call(
+            uniqueid=uniqueid,
+            caller=caller,
+            access="+4930900900",
+            args=["+4930900900", caller],
+            dtmf=list(dtmf),
+            **kw,
+        ),
+        host,
+        port,
     )
 
 
-def settle(server, uniqueid, status="ANSWER", answered=None, ended=None):  # type: ignore[no-untyped-def]
+def settle(server, uniqueid, status="ANSWER", answered=None, ended=None):
     host, port = server
     args = [status, str(answered or ""), str(ended or "")]
-    return asterisk_sim.run(asterisk_sim.Call(uniqueid=uniqueid, caller="", access="", script="settle", args=args), host, port)
+    return asterisk_sim.run(
+        asterisk_sim.Call(uniqueid=uniqueid, caller="", access="", script="settle", args=args),
+        host,
+        port,
+    )
 
 
-def test_verified_caller_id_goes_out_with_a_limit_from_the_hold(agi_server, carrier, access, caller):
+def test_verified_caller_id_goes_out_with_a_limit_from_the_hold(
+    agi_server, carrier, access, caller
+):
     done = call(agi_server, dtmf=["00442079460123"])
     assert done.variables["AUTH_RESULT"] == "OK"
     assert done.variables["DIAL_STRING_1"] == "PJSIP/+442079460123@carrier1"
@@ -77,13 +91,17 @@ def test_unknown_caller_identifies_with_account_and_pin(agi_server, carrier, acc
 def test_three_wrong_pins_end_the_call(agi_server, carrier, access, caller, alice):
     services.pin_set(member=alice, pin="4711")
     account = services.plan_for(alice).account_number
-    done = call(agi_server, caller="+4989111111", dtmf=[account, "1111", account, "2222", account, "3333"])
+    done = call(
+        agi_server, caller="+4989111111", dtmf=[account, "1111", account, "2222", account, "3333"]
+    )
     assert done.variables["AUTH_RESULT"] == "REFUSED"
     assert "not identified" in done.variables["AUTH_REASON"]
     assert [c for d, c in done.transcript if d == ">>" and "pin-wrong" in c]
 
 
-def test_phone_is_verified_by_calling_and_keying_the_code(agi_server, carrier, access, alice, caller):
+def test_phone_is_verified_by_calling_and_keying_the_code(
+    agi_server, carrier, access, alice, caller
+):
     phone = services.phone_add(member=alice, number="+49 30 1234567")
     done = call(agi_server, caller=phone.number, dtmf=[phone.verification_code, "030123456"])
     assert done.variables["AUTH_RESULT"] == "OK"
@@ -100,7 +118,9 @@ def test_phone_is_verified_by_calling_and_keying_the_code(agi_server, carrier, a
         (["09001234567"], "blocked by the call plan", "custom/destination-blocked"),
     ],
 )
-def test_refusals_play_a_prompt_and_say_why(agi_server, carrier, access, caller, dtmf, reason, prompt):
+def test_refusals_play_a_prompt_and_say_why(
+    agi_server, carrier, access, caller, dtmf, reason, prompt
+):
     done = call(agi_server, dtmf=dtmf)
     assert done.variables["AUTH_RESULT"] == "REFUSED"
     assert reason in done.variables["AUTH_REASON"]

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from django.utils import timezone
+
+from telephony import services
+from telephony.models import Phone, RateDeck
+
+
+def test_member_adds_a_phone_sees_the_code_and_removes_it(client, alice, bob):
+    client.force_login(alice)
+    response = client.post(reverse("telephony:phone_add"), {"number": "+49 30 7654321"})
+    assert response.status_code == 302
+    phone = Phone.objects.get(member=alice)
+    page = client.get(reverse("telephony:index")).content.decode()
+    assert phone.verification_code in page
+    client.force_login(bob)
+    assert client.post(reverse("telephony:phone_remove", args=[phone.pk])).status_code == 404
+    client.force_login(alice)
+    client.post(reverse("telephony:phone_remove", args=[phone.pk]))
+    assert not Phone.objects.exists()
+
+
+def test_a_number_verified_by_another_member_is_refused(client, alice, bob):
+    phone = services.phone_add(member=bob, number="+49 30 7654321")
+    Phone.objects.filter(pk=phone.pk).update(verified_at=timezone.now())
+    client.force_login(alice)
+    response = client.post(reverse("telephony:phone_add"), {"number": "+49 30 7654321"})
+    assert response.status_code == 422
+    assert "verified by another member" in response.content.decode()
+
+
+def test_members_cannot_open_premium_numbers_themselves(client, alice):
+    client.force_login(alice)
+    client.post(
+        reverse("telephony:plan"), {"per_call_cap": "2.00", "allowed_classes": ["fixed", "premium"]}
+    )
+    assert "premium" not in services.plan_for(alice).allowed_classes
+
+
+def test_price_lookup_and_history_show_the_rate_used(client, alice, carrier, access, caller):
+    services.call_authorize(
+        uniqueid="h1", member=alice, caller=caller.number, access_number=access, digits="030123456"
+    )
+    services.call_settle(
+        uniqueid="h1", dial_status="ANSWER", answered_at=Decimal(10), ended_at=Decimal(70)
+    )
+    client.force_login(alice)
+    page = client.get(reverse("telephony:index"), {"number": "+1 212 555 0100"}).content.decode()
+    assert "0.0120" in page  # USA 0.012/min
+    assert "Carrier One v1 +4930: 0.0080/min, 1/1s" in page
+
+
+def test_staff_upload_a_deck_and_follow_the_import(
+    client, carol, carrier, django_capture_on_commit_callbacks
+):
+    client.force_login(carol)
+    upload = SimpleUploadedFile("v2.csv", b"prefix,name,price\n49,Germany,0.02\n")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("telephony:staff_decks"),
+            {
+                "carrier": carrier.pk,
+                "file": upload,
+                "preset": "simple",
+                "effective_from": (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
+            },
+        )
+    assert response.status_code == 302
+    assert RateDeck.objects.get(version=2).state == "ready"
+    assert "v2.csv" in client.get(reverse("telephony:staff_decks")).content.decode()

@@ -78,6 +78,7 @@ def run(call: Call, host: str = "127.0.0.1", port: int = 4573, *, timeout: float
     hung_up = False
     handled = 0
     with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = sock.makefile("rb")
 
         def send(line: str) -> None:

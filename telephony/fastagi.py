@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import socket
 import socketserver
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -46,7 +48,7 @@ def authorize(session: Session) -> str:
         session.set("AUTH_RESULT", "REFUSED")
         return f"refused: bad uniqueid {uniqueid!r}"
     caller = env.get("agi_callerid", "")
-    access = AccessNumber.objects.filter(number=env.get("agi_arg_1", "")).first()
+    access = services.access_number(env.get("agi_arg_1", ""))
     if access is None:
         return _refusal(session, uniqueid, "unknown access number", "custom/unknown-access")
     session.answer()
@@ -89,7 +91,13 @@ def authorize(session: Session) -> str:
                 caller=caller,
                 access=access,
             )
-    if not Membership.objects.filter(user=member, status=MembershipStatus.MEMBER).exists():
+    # Known from the phone lookup when the caller ID identified the member.
+    membership = (
+        getattr(member, "membership", None) if member == getattr(phone, "member", None) else None
+    )
+    if membership is None:
+        membership = Membership.objects.filter(user=member).first()
+    if membership is None or membership.status != MembershipStatus.MEMBER:
         return _refusal(
             session,
             uniqueid,
@@ -150,15 +158,18 @@ def _refusal(
 def settle(session: Session) -> str:
     """From the hangup handler: DIALSTATUS, the callee's answer time, the end time."""
     uniqueid = session.env.get("agi_uniqueid", "")
-    if not UNIQUEID.match(uniqueid) or not CallRecord.objects.filter(uniqueid=uniqueid).exists():
+    if not UNIQUEID.match(uniqueid):
         return f"nothing to settle for {uniqueid!r}"
     status = re.sub(r"[^A-Z]", "", session.env.get("agi_arg_1", ""))[:20]
-    call = services.call_settle(
-        uniqueid=uniqueid,
-        dial_status=status,
-        answered_at=_epoch(session.env.get("agi_arg_2", "")),
-        ended_at=_epoch(session.env.get("agi_arg_3", "")),
-    )
+    try:
+        call = services.call_settle(
+            uniqueid=uniqueid,
+            dial_status=status,
+            answered_at=_epoch(session.env.get("agi_arg_2", "")),
+            ended_at=_epoch(session.env.get("agi_arg_3", "")),
+        )
+    except CallRecord.DoesNotExist:
+        return f"nothing to settle for {uniqueid!r}"  # refused before a record, or not ours
     return f"settled {uniqueid}: {call.billed_seconds}s, {call.cost}"
 
 
@@ -170,6 +181,9 @@ class Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         self.request.settimeout(self.server.read_timeout)
+        # One short line each way per command: without this, Nagle's algorithm and delayed
+        # ACKs stall every exchange by tens of milliseconds.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         outcome = "?"
         try:
             session = Session(self.rfile, self.wfile)
@@ -188,23 +202,38 @@ class Handler(socketserver.StreamRequestHandler):
         except Exception:
             log.exception("FastAGI session failed")
             outcome = "error"
+            connection.close()  # whatever state it is in, the next session starts clean
         finally:
             self.server.outcomes.append(outcome)
             del self.server.outcomes[:-1000]
-            connection.close()
 
 
-class Server(socketserver.ThreadingTCPServer):
+class Server(socketserver.TCPServer):
+    """Sessions run on a fixed pool of threads, each keeping its database connection.
+
+    A thread per session would open a database connection per call; at call setup rates
+    that costs more than the call's own queries. When every thread is busy, new sessions
+    wait in the pool's queue up to ``max_sessions`` more; beyond that they are closed at once
+    (Asterisk's AGISTATUS is FAILURE and the dialplan hangs up politely).
+    """
+
     allow_reuse_address = True
-    daemon_threads = True
     request_queue_size = 256  # a burst of calls must queue, not be reset
 
     def __init__(
-        self, address: tuple[str, int], *, max_sessions: int = 64, read_timeout: float = 30.0
+        self,
+        address: tuple[str, int],
+        *,
+        max_sessions: int = 64,
+        read_timeout: float = 30.0,
+        threads: int = 16,
     ) -> None:
-        self.slots = threading.BoundedSemaphore(max_sessions)
         self.read_timeout = read_timeout
         self.outcomes: list[str] = []
+        self.slots = threading.BoundedSemaphore(max_sessions)
+        self.pool = ThreadPoolExecutor(
+            max_workers=min(threads, max_sessions), thread_name_prefix="fastagi"
+        )
         super().__init__(address, Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -212,11 +241,18 @@ class Server(socketserver.ThreadingTCPServer):
             log.warning("FastAGI: too many sessions, refusing %s", client_address)
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        self.pool.submit(self._work, request, client_address)
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _work(self, request: Any, client_address: Any) -> None:
         try:
             close_old_connections()
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
+            self.shutdown_request(request)
             self.slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -439,6 +439,48 @@ def deck_in_force(carrier: Carrier, at: datetime | None = None) -> RateDeck | No
     )
 
 
+_ROUTES: dict[str, Any] = {"at": 0.0, "routes": []}
+ROUTES_TTL_S = 5.0
+
+
+def routes() -> list[tuple[Trunk, RateDeck | None]]:
+    """Active trunks by priority with their carrier's deck in force, cached for a few seconds.
+
+    Every call setup needs them and they change rarely (a new deck, a trunk switched off);
+    a few seconds of delay before a change is seen costs nothing, a query per call does.
+    """
+    import time
+
+    now = time.monotonic()
+    if now - _ROUTES["at"] > ROUTES_TTL_S:
+        trunks = list(
+            Trunk.objects.filter(active=True).select_related("carrier").order_by("priority", "name")
+        )
+        decks = {t.carrier_id: deck_in_force(t.carrier) for t in trunks}
+        _ROUTES.update(at=now, routes=[(t, decks[t.carrier_id]) for t in trunks])
+    return list(_ROUTES["routes"])
+
+
+def forget_routes() -> None:
+    _ROUTES["at"] = 0.0
+    _ACCESS.clear()
+
+
+_ACCESS: dict[str, tuple[float, AccessNumber | None]] = {}
+
+
+def access_number(number: str) -> AccessNumber | None:
+    """The access number called; cached like the routes (they change about never)."""
+    import time
+
+    now = time.monotonic()
+    cached = _ACCESS.get(number)
+    if cached is None or now - cached[0] > ROUTES_TTL_S:
+        cached = (now, AccessNumber.objects.filter(number=number).first())
+        _ACCESS[number] = cached
+    return cached[1]
+
+
 def rate_for(deck: RateDeck, e164: str) -> Rate | None:
     """The longest matching prefix of the deck (one indexed lookup over ≤ 15 keys)."""
     return (
@@ -489,7 +531,7 @@ def identify(caller: str) -> Phone | None:
         return None
     return (
         Phone.objects.filter(number=caller)
-        .select_related("member")
+        .select_related("member__membership")
         .order_by(F("verified_at").desc(nulls_last=True))
         .first()
     )
@@ -541,16 +583,11 @@ def _refuse(uniqueid: str, reason: str, prompt: str, **record: Any) -> Decision:
 def call_authorize(
     *, uniqueid: str, member: User, caller: str, access_number: AccessNumber, digits: str
 ) -> Decision:
-    """Decide a call, and if it may go out, hold the credit for it. One transaction."""
-    existing = CallRecord.objects.filter(uniqueid=uniqueid).first()
-    if existing is not None:  # Asterisk asked again for the same call: same answer
-        return Decision(
-            ok=existing.state == CallState.AUTHORIZED,
-            reason=existing.refusal,
-            call=existing,
-            limit_seconds=existing.limit_seconds,
-            dial_strings=_dial_strings(existing.destination),
-        )
+    """Decide a call, and if it may go out, hold the credit for it. One transaction.
+
+    Asked twice for the same call (same uniqueid), it gives the first answer again: the hold
+    key and the call record's unique uniqueid make the second attempt a no-op.
+    """
     base = {"member": member, "caller": caller[:32], "access_number": access_number}
     try:
         number = rating.normalize(digits, access_number.country)
@@ -574,10 +611,7 @@ def call_authorize(
             **base,
         )
     choice = None
-    for trunk in (
-        Trunk.objects.filter(active=True).select_related("carrier").order_by("priority", "name")
-    ):
-        deck = deck_in_force(trunk.carrier)
+    for trunk, deck in routes():
         rate = rate_for(deck, e164) if deck else None
         if rate is not None:
             choice = (trunk, deck, rate)
@@ -585,10 +619,12 @@ def call_authorize(
     if choice is None:
         return _refuse(uniqueid, f"no rate for {e164}", "custom/no-rate", **base)
     trunk, deck, rate = choice
+    call = None
     with transaction.atomic():
         busy = (
             CallRecord.objects.select_for_update()
             .filter(member=member, state=CallState.AUTHORIZED)
+            .exclude(uniqueid=uniqueid)
             .count()
         )
         if busy >= plan.max_concurrent:
@@ -613,32 +649,47 @@ def call_authorize(
                     **base,
                 )
             try:
-                with transaction.atomic():
-                    credit_hold(
-                        member=member,
-                        amount=amount,
-                        key=f"call:{uniqueid}",
-                        service="calls",
-                        expires_at=timezone.now() + timedelta(seconds=seconds) + HOLD_MARGIN,
-                    )
+                # credit_hold has its own savepoint: a refusal leaves this transaction usable.
+                credit_hold(
+                    member=member,
+                    amount=amount,
+                    key=f"call:{uniqueid}",
+                    service="calls",
+                    expires_at=timezone.now() + timedelta(seconds=seconds) + HOLD_MARGIN,
+                )
                 break
             except InsufficientCredit:
                 continue  # another call took credit meanwhile: look again
+            except LedgerError:
+                break  # the hold key exists with other figures: this call was decided before
         else:
             return _refuse(uniqueid, "credit taken by other calls", "custom/no-credit", **base)
-        call = CallRecord.objects.create(
-            uniqueid=uniqueid,
-            state=CallState.AUTHORIZED,
-            limit_seconds=seconds,
-            deck=deck,
-            rate=rate,
-            per_minute=rate.per_minute,
-            connect_fee=rate.connect_fee,
-            initial_seconds=rate.initial_seconds,
-            increment_seconds=rate.increment_seconds,
-            trunk=trunk,
-            hold_key=f"call:{uniqueid}",
-            **base,
+        try:
+            with transaction.atomic():
+                call = CallRecord.objects.create(
+                    uniqueid=uniqueid,
+                    state=CallState.AUTHORIZED,
+                    limit_seconds=seconds,
+                    deck=deck,
+                    rate=rate,
+                    per_minute=rate.per_minute,
+                    connect_fee=rate.connect_fee,
+                    initial_seconds=rate.initial_seconds,
+                    increment_seconds=rate.increment_seconds,
+                    trunk=trunk,
+                    hold_key=f"call:{uniqueid}",
+                    **base,
+                )
+        except IntegrityError:
+            call = None
+    if call is None:
+        existing = CallRecord.objects.get(uniqueid=uniqueid)
+        return Decision(
+            ok=existing.state == CallState.AUTHORIZED,
+            reason=existing.refusal,
+            call=existing,
+            limit_seconds=existing.limit_seconds,
+            dial_strings=_dial_strings(existing.destination),
         )
     return Decision(
         ok=True, limit_seconds=seconds, dial_strings=_dial_strings(e164, first=trunk), call=call
@@ -649,7 +700,7 @@ def _dial_strings(e164: str, first: Trunk | None = None) -> list[str]:
     """The chosen trunk first, then the others by priority (failover in the dialplan)."""
     if not e164.startswith("+"):
         return []
-    trunks = list(Trunk.objects.filter(active=True).order_by("priority", "name"))
+    trunks = [trunk for trunk, _deck in routes()]
     if first is not None:
         trunks = [first] + [t for t in trunks if t.pk != first.pk]
     return [dial_string(t, e164) for t in trunks]
@@ -664,7 +715,9 @@ def call_settle(
     (stored by Dial's U() routine) and the hangup. Asterisk's own ANSWEREDTIME counts from the
     caller's answer, before the prompts, and would overbill.
     """
-    call = CallRecord.objects.select_related("member").get(uniqueid=uniqueid)
+    call = CallRecord.objects.select_related("member", "deck__carrier", "rate").get(
+        uniqueid=uniqueid
+    )
     if call.state != CallState.AUTHORIZED:
         return call
     answered = dial_status == "ANSWER" and answered_at is not None and ended_at is not None

@@ -127,6 +127,11 @@ def run(database_url: str, prefixes: int, calls: int, clients: int) -> None:
     server = subprocess.Popen(  # noqa: S603  (our own manage.py, fixed arguments)
         [
             sys.executable,
+            *(
+                ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
+                if os.environ.get("BENCH_PROFILE")
+                else []
+            ),
             "manage.py",
             "fastagi",
             "--listen",
@@ -194,8 +199,11 @@ def run(database_url: str, prefixes: int, calls: int, clients: int) -> None:
             t.join()
         wall = time.perf_counter() - began
     finally:
-        server.terminate()
-        server.wait(10)
+        server.send_signal(2)  # SIGINT: the server stops cleanly (and a profiler writes out)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
     latencies.sort()
     print(f"setups_per_s: {len(latencies) / wall:.0f}")
     print(f"authorize_p50_ms: {statistics.median(latencies):.2f}")

@@ -27,7 +27,6 @@ from django.utils import timezone
 
 from panel.audit import audit_record
 from panel.models import Membership, MembershipStatus, User
-from panel.selectors.ledger import balance_of
 from panel.services import (
     InsufficientCredit,
     LedgerError,
@@ -531,7 +530,7 @@ def identify(caller: str) -> Phone | None:
         return None
     return (
         Phone.objects.filter(number=caller)
-        .select_related("member__membership")
+        .select_related("member__membership", "member__call_plan")
         .order_by(F("verified_at").desc(nulls_last=True))
         .first()
     )
@@ -602,7 +601,10 @@ def call_authorize(
     e164 = rating.e164(number)
     klass = rating.classify(number)
     base.update(destination=e164, destination_class=klass)
-    plan = plan_for(member)
+    try:
+        plan = member.call_plan  # type: ignore[attr-defined]  # fetched with the phone, usually
+    except CallPlan.DoesNotExist:
+        plan = plan_for(member)
     if klass not in plan.allowed_classes:
         return _refuse(
             uniqueid,
@@ -619,70 +621,12 @@ def call_authorize(
     if choice is None:
         return _refuse(uniqueid, f"no rate for {e164}", "custom/no-rate", **base)
     trunk, deck, rate = choice
-    call = None
-    with transaction.atomic():
-        busy = (
-            CallRecord.objects.select_for_update()
-            .filter(member=member, state=CallState.AUTHORIZED)
-            .exclude(uniqueid=uniqueid)
-            .count()
-        )
-        if busy >= plan.max_concurrent:
-            return _refuse(
-                uniqueid, f"{busy} calls already in progress", "custom/too-many-calls", **base
-            )
-        for _attempt in range(3):
-            available = balance_of(member).available
-            amount = min(available, plan.per_call_cap).quantize(rating.EXACT)
-            seconds = rating.affordable_seconds(
-                hold=amount,
-                per_minute=rate.per_minute,
-                connect_fee=rate.connect_fee,
-                initial=rate.initial_seconds,
-                increment=rate.increment_seconds,
-            )
-            if amount <= 0 or seconds <= 0:
-                return _refuse(
-                    uniqueid,
-                    f"credit {available} does not pay the first block",
-                    "custom/no-credit",
-                    **base,
-                )
-            try:
-                # credit_hold has its own savepoint: a refusal leaves this transaction usable.
-                credit_hold(
-                    member=member,
-                    amount=amount,
-                    key=f"call:{uniqueid}",
-                    service="calls",
-                    expires_at=timezone.now() + timedelta(seconds=seconds) + HOLD_MARGIN,
-                )
-                break
-            except InsufficientCredit:
-                continue  # another call took credit meanwhile: look again
-            except LedgerError:
-                break  # the hold key exists with other figures: this call was decided before
-        else:
-            return _refuse(uniqueid, "credit taken by other calls", "custom/no-credit", **base)
-        try:
-            with transaction.atomic():
-                call = CallRecord.objects.create(
-                    uniqueid=uniqueid,
-                    state=CallState.AUTHORIZED,
-                    limit_seconds=seconds,
-                    deck=deck,
-                    rate=rate,
-                    per_minute=rate.per_minute,
-                    connect_fee=rate.connect_fee,
-                    initial_seconds=rate.initial_seconds,
-                    increment_seconds=rate.increment_seconds,
-                    trunk=trunk,
-                    hold_key=f"call:{uniqueid}",
-                    **base,
-                )
-        except IntegrityError:
-            call = None
-    if call is None:
+    try:
+        with transaction.atomic():
+            decision = _hold_and_record(uniqueid, member, plan, trunk, deck, rate, e164, base)
+    except IntegrityError:
+        decision = None  # this uniqueid was decided before; the transaction left no trace
+    if decision is None:
         existing = CallRecord.objects.get(uniqueid=uniqueid)
         return Decision(
             ok=existing.state == CallState.AUTHORIZED,
@@ -691,6 +635,77 @@ def call_authorize(
             limit_seconds=existing.limit_seconds,
             dial_strings=_dial_strings(existing.destination),
         )
+    return decision
+
+
+def _hold_and_record(
+    uniqueid: str,
+    member: User,
+    plan: CallPlan,
+    trunk: Trunk,
+    deck: RateDeck | None,
+    rate: Rate,
+    e164: str,
+    base: dict[str, Any],
+) -> Decision:
+    """The transaction of a call setup: a handful of statements, the member's balance locked.
+
+    Locking the balance row first makes the member's call setups take turns, so that the
+    count of calls in progress cannot change under this one.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT b.posted - b.unbilled - b.held,
+                   (SELECT count(*) FROM telephony_callrecord c
+                    WHERE c.member_id = b.member_id AND c.state = 'authorized')
+            FROM panel_memberbalance b WHERE b.member_id = %s FOR UPDATE
+            """,
+            [member.pk],
+        )
+        row = cursor.fetchone()
+    available, busy = (Decimal(row[0]), int(row[1])) if row else (Decimal(0), 0)
+    if busy >= plan.max_concurrent:
+        return _refuse(
+            uniqueid, f"{busy} calls already in progress", "custom/too-many-calls", **base
+        )
+    amount = min(available, plan.per_call_cap).quantize(rating.EXACT)
+    seconds = rating.affordable_seconds(
+        hold=amount,
+        per_minute=rate.per_minute,
+        connect_fee=rate.connect_fee,
+        initial=rate.initial_seconds,
+        increment=rate.increment_seconds,
+    )
+    if amount <= 0 or seconds <= 0:
+        return _refuse(
+            uniqueid, f"credit {available} does not pay the first block", "custom/no-credit", **base
+        )
+    try:
+        credit_hold(
+            member=member,
+            amount=amount,
+            key=f"call:{uniqueid}",
+            service="calls",
+            expires_at=timezone.now() + timedelta(seconds=seconds) + HOLD_MARGIN,
+        )
+    except InsufficientCredit:
+        # Cannot happen with the row locked above, unless the books changed underneath.
+        return _refuse(uniqueid, "credit taken by other calls", "custom/no-credit", **base)
+    call = CallRecord.objects.create(
+        uniqueid=uniqueid,
+        state=CallState.AUTHORIZED,
+        limit_seconds=seconds,
+        deck=deck,
+        rate=rate,
+        per_minute=rate.per_minute,
+        connect_fee=rate.connect_fee,
+        initial_seconds=rate.initial_seconds,
+        increment_seconds=rate.increment_seconds,
+        trunk=trunk,
+        hold_key=f"call:{uniqueid}",
+        **base,
+    )
     return Decision(
         ok=True, limit_seconds=seconds, dial_strings=_dial_strings(e164, first=trunk), call=call
     )

@@ -6,6 +6,7 @@ nothing else writes usage. Money is Decimal; a float anywhere is refused, not co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -687,29 +688,89 @@ def credit_hold(
     """Reserve ``amount`` of the member's available credit, or raise InsufficientCredit.
 
     The check and the reservation are one guarded UPDATE on the member's balance row, so
-    concurrent holds can never together exceed what is available.
+    concurrent holds can never together exceed what is available. On PostgreSQL the update
+    and the hold's insert are one statement (call setup waits for it); a repeated key with
+    the same member and amount returns the first hold.
     """
     amount = money(amount, "hold amount", positive=True)
     if not SOURCE_KEY.match(key):
         raise LedgerError(f"hold key {key!r} does not match {SOURCE_KEY.pattern}")
-    with transaction.atomic():
-        balance_for(member)
-        try:
-            with transaction.atomic():
-                hold = CreditHold.objects.create(
-                    member=member, key=key, service=service, amount=amount, expires_at=expires_at
-                )
-        except IntegrityError:
-            existing = CreditHold.objects.get(key=key)
+    if service not in Service.values:
+        raise LedgerError(f"unknown service {service!r}")
+    for _ in range(2):
+        hold_id = _reserve(member, amount, key, expires_at, service)
+        if hold_id is not None:
+            return CreditHold(
+                pk=hold_id,
+                member=member,
+                key=key,
+                service=service,
+                amount=amount,
+                state=HoldState.HELD,
+                expires_at=expires_at,
+            )
+        existing = CreditHold.objects.filter(key=key).first()
+        if existing is not None:
             if existing.member_id == member.pk and existing.amount == amount:
                 return existing
-            raise LedgerError(f"hold key {key!r} is already used for another hold") from None
+            raise LedgerError(f"hold key {key!r} is already used for another hold")
+        if not MemberBalance.objects.filter(member=member).exists():
+            balance_for(member)  # the first money movement of this member: try again
+            continue
+        break
+    raise InsufficientCredit(f"the available credit does not cover {amount}")
+
+
+def _reserve(
+    member: User, amount: Decimal, key: str, expires_at: datetime, service: str
+) -> int | None:
+    """The guarded UPDATE and the insert of the hold: the new hold's id, or None."""
+    if connection.vendor == "postgresql":
+        # One statement, atomic by itself; inside a transaction, a savepoint keeps a clash of
+        # the same key at the same moment from spoiling the caller's transaction.
+        guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+        try:
+            with guard, connection.cursor() as cursor:
+                cursor.execute(
+                    """
+                    WITH reserved AS (
+                        UPDATE panel_memberbalance SET held = held + %(amount)s
+                        WHERE member_id = %(member)s
+                          AND posted >= unbilled + held + %(amount)s
+                          AND NOT EXISTS (SELECT 1 FROM panel_credithold WHERE key = %(key)s)
+                        RETURNING member_id
+                    )
+                    INSERT INTO panel_credithold
+                        (member_id, key, service, amount, state, created_at, expires_at)
+                    SELECT member_id, %(key)s, %(service)s, %(amount)s, 'held', now(), %(expires)s
+                    FROM reserved
+                    RETURNING id
+                    """,
+                    {
+                        "amount": amount,
+                        "member": member.pk,
+                        "key": key,
+                        "service": service,
+                        "expires": expires_at,
+                    },
+                )
+                row = cursor.fetchone()
+        except IntegrityError:
+            # The same key at the same moment: the statement (update included) did nothing.
+            return None
+        return int(row[0]) if row else None
+    with transaction.atomic():
+        if CreditHold.objects.filter(key=key).exists():
+            return None
         reserved = MemberBalance.objects.filter(
             member=member, posted__gte=F("unbilled") + F("held") + amount
         ).update(held=F("held") + amount)
         if not reserved:
-            raise InsufficientCredit(f"the available credit does not cover {amount}")
-    return hold
+            return None
+        hold = CreditHold.objects.create(
+            member=member, key=key, service=service, amount=amount, expires_at=expires_at
+        )
+    return hold.pk
 
 
 def credit_settle(

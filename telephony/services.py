@@ -638,6 +638,13 @@ def call_authorize(
     return decision
 
 
+_BALANCE_AND_BUSY = """
+    SELECT b.posted - b.unbilled - b.held,
+           (SELECT count(*) FROM telephony_callrecord c
+            WHERE c.member_id = b.member_id AND c.state = 'authorized')
+    FROM panel_memberbalance b WHERE b.member_id = %s"""
+
+
 def _hold_and_record(
     uniqueid: str,
     member: User,
@@ -653,14 +660,11 @@ def _hold_and_record(
     Locking the balance row first makes the member's call setups take turns, so that the
     count of calls in progress cannot change under this one.
     """
+    # SQLite (the demo) has no row locks and no FOR UPDATE; its writers take turns anyway.
+    sql = _BALANCE_AND_BUSY + (" FOR UPDATE" if connection.features.has_select_for_update else "")
     with connection.cursor() as cursor:
         cursor.execute(
-            """
-            SELECT b.posted - b.unbilled - b.held,
-                   (SELECT count(*) FROM telephony_callrecord c
-                    WHERE c.member_id = b.member_id AND c.state = 'authorized')
-            FROM panel_memberbalance b WHERE b.member_id = %s FOR UPDATE
-            """,
+            sql,
             [member.pk],
         )
         row = cursor.fetchone()

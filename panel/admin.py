@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from panel import services
-from panel.admin_site import AuditedModelAdmin
+from panel.admin_site import AuditedModelAdmin, ReadOnlyAdmin
 from panel.models import (
     Account,
     Application,
@@ -147,17 +147,6 @@ class MembershipAdmin(admin.ModelAdmin):
     @admin.action(description="End selected memberships (cancels the share)")
     def end_membership(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
         self._run(request, queryset, services.membership_leave)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Application)

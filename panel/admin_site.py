@@ -109,6 +109,19 @@ class AuditedModelAdmin(admin.ModelAdmin):
         return run
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """For records that only code writes (ledger, jobs, calls): to look at, not to edit."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class PanelAdminSite(admin.AdminSite):
     site_header = "Commune panel administration"
     site_title = "Commune panel"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from panel.admin_site import ReadOnlyAdmin
 from provisioning import services
 from provisioning.models import Job, Node, Site, SshKey
 
@@ -39,19 +38,8 @@ class NodeAdmin(admin.ModelAdmin):
             services.node_drain(node=node, actor=request.user)  # type: ignore[arg-type]
 
 
-class ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Site)
-class SiteAdmin(ReadOnly):
+class SiteAdmin(ReadOnlyAdmin):
     list_display = (
         "domain",
         "member",
@@ -67,11 +55,11 @@ class SiteAdmin(ReadOnly):
 
 
 @admin.register(Job)
-class JobAdmin(ReadOnly):
+class JobAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "verb", "site", "node", "state", "attempts", "error")
     list_filter = ("state", "verb", "node")
 
 
 @admin.register(SshKey)
-class SshKeyAdmin(ReadOnly):
+class SshKeyAdmin(ReadOnlyAdmin):
     list_display = ("member", "name", "fingerprint")

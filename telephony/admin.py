@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
+from panel.admin_site import ReadOnlyAdmin
 from telephony.models import AccessNumber, CallPlan, CallRecord, Carrier, RateDeck, Trunk
 
 
@@ -29,25 +27,14 @@ class CallPlanAdmin(admin.ModelAdmin):
     exclude = ("pin_hash",)
 
 
-class ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(RateDeck)
-class RateDeckAdmin(ReadOnly):
+class RateDeckAdmin(ReadOnlyAdmin):
     list_display = ("carrier", "version", "effective_from", "state", "rows_done", "source_name")
     exclude = ("content",)
 
 
 @admin.register(CallRecord)
-class CallRecordAdmin(ReadOnly):
+class CallRecordAdmin(ReadOnlyAdmin):
     list_display = (
         "started_at",
         "member",

@@ -602,7 +602,7 @@ def call_authorize(
     klass = rating.classify(number)
     base.update(destination=e164, destination_class=klass)
     try:
-        plan = member.call_plan  # type: ignore[attr-defined]  # fetched with the phone, usually
+        plan = member.call_plan  # fetched with the phone, usually
     except CallPlan.DoesNotExist:
         plan = plan_for(member)
     if klass not in plan.allowed_classes:

@@ -7,12 +7,13 @@ from functools import wraps
 from typing import Any, cast
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 
 from panel.models import Membership, MembershipStatus, User
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
 
 
 def member_required(view: View) -> View:
@@ -20,7 +21,7 @@ def member_required(view: View) -> View:
 
     @login_required
     @wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         user = cast(User, request.user)  # login_required ran first
         membership = Membership.objects.filter(user=user).only("status").first()
         if membership is None or membership.status != MembershipStatus.MEMBER:
@@ -38,7 +39,7 @@ def permission_required(perm: str) -> Callable[[View], View]:
     def decorator(view: View) -> View:
         @login_required
         @wraps(view)
-        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not (request.user.is_staff and request.user.has_perm(perm)):
                 return render(request, "403.html", status=403)
             return view(request, *args, **kwargs)

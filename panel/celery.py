@@ -7,6 +7,8 @@ import os
 from celery import Celery
 from celery.schedules import crontab
 
+from panel.env import env_int
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "panel.settings")
 
 app = Celery("panel")
@@ -26,6 +28,11 @@ app.conf.beat_schedule = {
     "hosting-collect-usage": {
         "task": "provisioning.tasks.collect_usage",
         "schedule": crontab(minute="0"),
+    },
+    "newsletters-maintenance": {
+        "task": "newsletters.tasks.maintenance",
+        # Read here, not from settings: this module is imported before Django is set up.
+        "schedule": float(env_int("NEWSLETTER_MAINTENANCE_SECONDS", 30, minimum=1)),
     },
     "calls-expire-unsettled": {"task": "telephony.tasks.expire_unsettled_calls", "schedule": 60.0},
     "purge-expired-sessions": {

@@ -244,6 +244,26 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 8, minimum=1)
 FASTAGI_LISTEN = env_str("FASTAGI_LISTEN", "127.0.0.1:4573")
 FASTAGI_MAX_SESSIONS = env_int("FASTAGI_MAX_SESSIONS", 64, minimum=1)
 
+# Newsletters. Campaigns go to one relay (newsletters/relay.py in front of Postfix, see
+# ansible/), which drops a Message-ID it has already accepted; bounces, complaints and mailto
+# unsubscribes come back through the LMTP endpoint to addresses on the bounce domain.
+NEWSLETTER_SMTP_URL = env_str("NEWSLETTER_SMTP_URL", "smtp://127.0.0.1:2525")
+NEWSLETTER_BOUNCE_DOMAIN = env_str("NEWSLETTER_BOUNCE_DOMAIN", "bounces.localhost").lower()
+NEWSLETTER_SPF_INCLUDE = env_str("NEWSLETTER_SPF_INCLUDE", f"_spf.{NEWSLETTER_BOUNCE_DOMAIN}")
+NEWSLETTER_INBOUND_LISTEN = env_str("NEWSLETTER_INBOUND_LISTEN", "127.0.0.1:8025")
+NEWSLETTER_INBOUND_ALLOW = env_list("NEWSLETTER_INBOUND_ALLOW", ["127.0.0.0/8", "::1/128"])
+NEWSLETTER_DNS_SERVERS = env_list("NEWSLETTER_DNS_SERVERS", [])  # empty: /etc/resolv.conf
+NEWSLETTER_DNS_TIMEOUT = env_int("NEWSLETTER_DNS_TIMEOUT", 5, minimum=1)
+NEWSLETTER_RATE_PER_MINUTE = env_int("NEWSLETTER_RATE_PER_MINUTE", 1200, minimum=1)
+NEWSLETTER_SENDERS_PER_CAMPAIGN = env_int("NEWSLETTER_SENDERS_PER_CAMPAIGN", 2, minimum=1)
+NEWSLETTER_BATCH_SIZE = env_int("NEWSLETTER_BATCH_SIZE", 100, minimum=1)
+NEWSLETTER_LEASE_SECONDS = env_int("NEWSLETTER_LEASE_SECONDS", 120, minimum=5)
+NEWSLETTER_MAX_ATTEMPTS = env_int("NEWSLETTER_MAX_ATTEMPTS", 8, minimum=1)
+NEWSLETTER_SEND_BUDGET_SECONDS = env_int("NEWSLETTER_SEND_BUDGET_SECONDS", 30, minimum=1)
+NEWSLETTER_MAINTENANCE_SECONDS = env_int("NEWSLETTER_MAINTENANCE_SECONDS", 30, minimum=1)
+NEWSLETTER_MAX_BODY_BYTES = env_int("NEWSLETTER_MAX_BODY_BYTES", 512 * 1024, minimum=1024)
+NEWSLETTER_OUTBOX_DIR = env_str("NEWSLETTER_OUTBOX_DIR", "")  # the demo's sink, shown to staff
+
 # Logging -------------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
 LOGGING = {

@@ -5,6 +5,7 @@ Named people: alice owns things, bob is another member, carol is an admin, dave 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -31,7 +32,7 @@ from panel.models import Application, Statutes, User
 from tests.factories import PASSWORD, make_statutes, make_user
 
 # Hosting fixtures (a real test node) for tests/provisioning and the browser tests.
-pytest_plugins = ["tests.hosts.fixtures"]
+pytest_plugins = ["tests.hosts.fixtures", "tests.newsletters.dnsserver"]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -129,19 +130,34 @@ def free_port() -> int:
 
 
 class SmtpSink:
-    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
+    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives.
+
+    ``replies`` maps a recipient address to the reply it gets instead of 250 (a 451 to test
+    retries, a 550 to test suppression); ``envelopes`` keeps (sender, recipients, bytes).
+    """
 
     def __init__(self) -> None:
         from aiosmtpd.controller import Controller
 
         self.messages: list[Message] = []
+        self.envelopes: list[tuple[str, list[str], bytes]] = []
+        self.replies: dict[str, str] = {}
         self._lock = threading.Lock()
         sink = self
 
         class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                reply = sink.replies.get(address)
+                if reply is not None:
+                    return reply
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
             async def handle_DATA(self, server, session, envelope):
+                raw = bytes(envelope.original_content)
                 with sink._lock:
-                    sink.messages.append(message_from_bytes(envelope.content))
+                    sink.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos), raw))
+                    sink.messages.append(message_from_bytes(raw))
                 return "250 OK"
 
         # aiosmtpd cannot bind port 0 itself (it probes the port it was given).
@@ -203,14 +219,13 @@ class WorkerProcess:
         self.proc, self.hostname, self.log = proc, hostname, log
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(
-    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    """A real worker process on the real broker, reading the test database.
+def start_worker(
+    tmp: Path, *, queue: str, extra_env: dict[str, str] | None = None, beat: bool = False
+) -> WorkerProcess:
+    """Start a real worker (and optionally beat) on the real broker, reading the test database.
 
-    One per test session (starting one costs seconds). Its queue name is unique, so that
-    nothing else on the broker is consumed and nothing of ours is left for another worker.
+    Its queue name is unique, so that nothing else on the broker is consumed and nothing of
+    ours is left for another worker.
     """
     broker = settings.CELERY_BROKER_URL
     if not broker.startswith(("redis://", "amqp://")):
@@ -219,9 +234,7 @@ def celery_worker_process(
     database_url = (
         f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
     )
-    queue = f"test-{uuid.uuid4().hex[:10]}"
     hostname = f"{queue}@localhost"
-    tmp = tmp_path_factory.mktemp("worker")
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -231,28 +244,33 @@ def celery_worker_process(
         "EMAIL_URL": "locmem:",
         # The same SSH identity as the test process, which the test hosts trust.
         "PROVISIONING_SSH_KEY_FILE": str(settings.PROVISIONING_SSH_KEY_FILE),
+        "PANEL_BASE_URL": settings.PANEL_BASE_URL,
+        **(extra_env or {}),
     }
-    log = tmp / "worker.log"
-    with log.open("wb") as out:
+    log = tmp / f"worker-{queue}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "panel",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        "2",
+        "--hostname",
+        hostname,
+        "--queues",
+        queue,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if beat:
+        command += ["--beat", "--schedule", str(tmp / f"beat-{queue}")]
+    with log.open("ab") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "panel",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "2",
-                "--hostname",
-                hostname,
-                "--queues",
-                queue,
-                "--without-gossip",
-                "--without-mingle",
-            ],
+            command,
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -260,24 +278,49 @@ def celery_worker_process(
             start_new_session=True,
         )
     worker = WorkerProcess(proc, hostname, log)
+    deadline = time.monotonic() + 60
+    while not celery_app.control.ping(destination=[hostname], timeout=0.5):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_worker(worker, kill=True)
+            raise AssertionError(f"worker did not start:\n{log.read_text()[-4000:]}")
+    return worker
+
+
+def stop_worker(worker: WorkerProcess, *, kill: bool = False) -> None:
+    """SIGTERM and wait (or SIGKILL the whole process group at once, as a crash would)."""
+    if kill:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+        return
+    worker.proc.send_signal(signal.SIGTERM)
+    try:
+        worker.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+
+
+def delete_queue(queue: str) -> None:
+    with celery_app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(queue)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(
+    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """A real worker process on the real broker, reading the test database (one per session)."""
+    queue = f"test-{uuid.uuid4().hex[:10]}"
+    worker = start_worker(tmp_path_factory.mktemp("worker"), queue=queue)
     old_queue = celery_app.conf.task_default_queue
     celery_app.conf.task_default_queue = queue
     try:
-        deadline = time.monotonic() + 60
-        while not celery_app.control.ping(destination=[hostname], timeout=0.5):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"worker did not start:\n{log.read_text()[-4000:]}")
         yield worker
     finally:
         celery_app.conf.task_default_queue = old_queue
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with celery_app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)  # type: ignore[attr-defined]
+        stop_worker(worker)
+        delete_queue(queue)
 
 
 @pytest.fixture

@@ -63,4 +63,12 @@ def status_class(status: str) -> str:
         "suspended": "warn",
         "declined": "bad",
         "left": "muted",
+        # Newsletters: subscribers and campaigns.
+        "confirmed": "ok",
+        "sent": "ok",
+        "scheduled": "wait",
+        "sending": "wait",
+        "paused": "warn",
+        "bounced": "bad",
+        "complained": "bad",
     }.get(status, "muted")

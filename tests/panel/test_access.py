@@ -13,7 +13,17 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from panel.models import Application
 from tests.conftest import pending_application
 
-PUBLIC = {"home", "healthz", "set_language"}
+PUBLIC = {
+    "home",
+    "healthz",
+    "set_language",
+    # A newsletter's public pages: signup, its archive, the links in its mail.
+    "newsletters:signup",
+    "newsletters:archive",
+    "newsletters:archive_item",
+    "newsletters:confirm",
+    "newsletters:unsubscribe",
+}
 # URL names that order or manage services: members in good standing only.
 MEMBERS_ONLY = {
     "provisioning:index",
@@ -23,6 +33,8 @@ MEMBERS_ONLY = {
     "telephony:phone_add",
     "telephony:pin",
     "telephony:plan",
+    "newsletters:domain_add",
+    "newsletters:list_new",
 }
 # Member pages about one object of theirs (another member's is a 404: tests/provisioning).
 MEMBERS_OBJECTS = {
@@ -35,6 +47,22 @@ MEMBERS_OBJECTS = {
     "provisioning:job_retry",
     "provisioning:key_remove",
     "telephony:phone_remove",
+    "newsletters:domain",
+    "newsletters:domain_check",
+    "newsletters:domain_remove",
+    "newsletters:list",
+    "newsletters:list_edit",
+    "newsletters:list_import",
+    "newsletters:list_export",
+    "newsletters:campaign_new",
+    "newsletters:subscriber",
+    "newsletters:subscriber_remove",
+    "newsletters:import",
+    "newsletters:campaign",
+    "newsletters:campaign_progress",
+    "newsletters:campaign_schedule",
+    "newsletters:campaign_test",
+    "newsletters:campaign_action",
 }
 STAFF_ONLY = {
     "staff_applications",
@@ -52,6 +80,7 @@ STAFF_ONLY = {
     "provisioning:staff_failed_jobs",
     "telephony:staff_decks",
     "telephony:staff_live",
+    "newsletters:staff_outbox",
 }
 # Arguments for URLs that take some; access is decided before the object is looked up.
 ARGS: dict[str, list[object]] = {
@@ -70,6 +99,27 @@ ARGS: dict[str, list[object]] = {
     "provisioning:job_retry": [1],
     "provisioning:key_remove": [1],
     "telephony:phone_remove": [1],
+    **{
+        f"newsletters:{name}": [1]
+        for name in (
+            "domain",
+            "domain_check",
+            "domain_remove",
+            "list",
+            "list_edit",
+            "list_import",
+            "list_export",
+            "campaign_new",
+            "import",
+            "campaign",
+            "campaign_progress",
+            "campaign_schedule",
+            "campaign_test",
+        )
+    },
+    "newsletters:subscriber": [1, 1],
+    "newsletters:subscriber_remove": [1, 1],
+    "newsletters:campaign_action": [1, "pause"],
 }
 # Third-party URL sets with their own access rules (allauth's flows, Django's admin).
 FOREIGN_PREFIXES = ("accounts/", "admin/")

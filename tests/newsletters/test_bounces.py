@@ -1,0 +1,282 @@
+"""Bounces and complaints as real MTAs and providers send them: scores, statuses, pauses, and
+the SMTP endpoint they arrive at."""
+
+from __future__ import annotations
+
+import smtplib
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from newsletters import inbound, services, tokens
+from newsletters.models import (
+    BounceEvent,
+    Campaign,
+    CampaignState,
+    ConsentEvent,
+    Delivery,
+    DeliveryState,
+    InboundReport,
+    Subscriber,
+    SubscriberStatus,
+)
+from tests.conftest import free_port
+from tests.newsletters import samples
+from tests.newsletters.conftest import add_confirmed
+
+pytestmark = pytest.mark.django_db
+
+HARD = ["postfix_hard", "exim_hard", "exim_dsn", "gmail_hard", "microsoft_hard"]
+SOFT = ["postfix_delayed", "gmail_soft"]
+COMPLAINTS = ["yahoo_arf", "yahoo_arf_unredacted", "microsoft_arf", "microsoft_jmrp"]
+
+
+@pytest.fixture
+def sent(alice, alice_list):
+    """Three deliveries of a campaign that is sending (as if the relay had accepted them)."""
+    readers = add_confirmed(alice_list, 3)
+    campaign = services.campaign_create(
+        mlist=alice_list, actor=alice, subject="News", text_body="Hi {{ name }}"
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(
+        state=CampaignState.SENDING, recipients=3, submitted=3
+    )
+    for reader in readers:
+        Delivery.objects.create(campaign=campaign, subscriber=reader, state=DeliveryState.SUBMITTED)
+    return Campaign.objects.get(pk=campaign.pk), readers
+
+
+def report_for(name: str, delivery: Delivery) -> tuple[bytes, str]:
+    verp = tokens.return_path(delivery.pk)
+    raw = samples.load(
+        name,
+        rcpt=delivery.subscriber.email,
+        message_id=tokens.message_id(delivery.pk),
+        verp=verp,
+        fbl="fbl@bounces.localhost",
+    )
+    to = "fbl@bounces.localhost" if name in COMPLAINTS or name == "arf_not_spam" else verp
+    return raw, to
+
+
+@pytest.mark.parametrize("name", HARD + SOFT)
+def test_bounces_from_real_mtas_score_the_subscriber(sent, name):
+    campaign, readers = sent
+    delivery = Delivery.objects.get(campaign=campaign, subscriber=readers[0])
+    raw, to = report_for(name, delivery)
+    outcome = services.report_receive(raw=raw, recipient=to)
+    assert outcome.endswith(f"subscriber {readers[0].pk}"), outcome
+    event = BounceEvent.objects.get(subscriber=readers[0])
+    expected = ("hard", Decimal("1.0")) if name in HARD else ("soft", Decimal("0.5"))
+    assert (event.kind, event.score_after) == expected
+    assert event.delivery_id == delivery.pk
+    assert event.reporter
+    readers[0].refresh_from_db()
+    assert readers[0].bounce_score == expected[1]
+    assert readers[0].status == SubscriberStatus.CONFIRMED  # below the threshold
+    assert Campaign.objects.get(pk=campaign.pk).bounces == 1
+    # The MTA delivers the same report again: nothing twice.
+    assert services.report_receive(raw=raw, recipient=to) == "duplicate"
+    assert BounceEvent.objects.count() == 1
+
+
+@pytest.mark.parametrize("name", COMPLAINTS)
+def test_complaints_suppress_at_once_and_are_counted(sent, name):
+    campaign, readers = sent
+    delivery = Delivery.objects.get(campaign=campaign, subscriber=readers[1])
+    raw, to = report_for(name, delivery)
+    outcome = services.report_receive(raw=raw, recipient=to)
+    assert outcome == f"complaint: subscriber {readers[1].pk}", outcome
+    readers[1].refresh_from_db()
+    assert readers[1].status == SubscriberStatus.COMPLAINED
+    unsubscribed = ConsentEvent.objects.get(subscriber=readers[1], kind="unsubscribe")
+    assert unsubscribed.source.startswith("complaint (feedback report from")
+    campaign.refresh_from_db()
+    assert campaign.complaints == 1
+    # One complaint in three messages is far above 0.3%: the campaign pauses itself.
+    assert campaign.state == CampaignState.PAUSED
+    assert "above 0.3%" in campaign.pause_reason
+
+
+@pytest.mark.parametrize("name", ["arf_not_spam", "autoreply"])
+def test_not_spam_reports_and_auto_replies_change_nothing(sent, name):
+    campaign, readers = sent
+    delivery = Delivery.objects.get(campaign=campaign, subscriber=readers[0])
+    raw, to = report_for(name, delivery)
+    assert services.report_receive(raw=raw, recipient=to).endswith("nothing to act on")
+    assert not BounceEvent.objects.exists()
+    assert Subscriber.objects.get(pk=readers[0].pk).status == SubscriberStatus.CONFIRMED
+
+
+def test_a_forged_message_id_or_verp_matches_nothing(sent):
+    campaign, readers = sent
+    delivery = Delivery.objects.get(campaign=campaign, subscriber=readers[0])
+    forged_id = f"d{delivery.pk}.aaaaaaaaaa@bounces.localhost"
+    raw = samples.load(
+        "yahoo_arf_unredacted", rcpt=readers[0].email, message_id=forged_id, verp="x@y"
+    )
+    assert "no matching delivery" in services.report_receive(
+        raw=raw, recipient="fbl@bounces.localhost"
+    )
+    bounce = samples.load("postfix_hard", rcpt=readers[0].email, message_id=forged_id)
+    forged_verp = f"bounces+d{delivery.pk}.aaaaaaaaaa@bounces.localhost"
+    assert "no matching delivery" in services.report_receive(raw=bounce, recipient=forged_verp)
+    assert Subscriber.objects.get(pk=readers[0].pk).status == SubscriberStatus.CONFIRMED
+
+
+def test_a_report_about_someone_else_is_not_pinned_on_the_delivery(sent):
+    campaign, readers = sent
+    delivery = Delivery.objects.get(campaign=campaign, subscriber=readers[0])
+    raw = samples.load(
+        "microsoft_arf", rcpt="someone.else@example.com", message_id=tokens.message_id(delivery.pk)
+    )
+    outcome = services.report_receive(raw=raw, recipient="fbl@bounces.localhost")
+    assert "address does not match" in outcome
+    assert Subscriber.objects.get(pk=readers[0].pk).status == SubscriberStatus.CONFIRMED
+
+
+def test_mailmans_scoring_one_bounce_a_day_threshold_five_stale_after_a_week(alice_list):
+    reader = add_confirmed(alice_list, 1)[0]
+    day = date(2026, 11, 2)
+
+    def bounce(kind: str, when: date) -> Subscriber:
+        services.bounce_record(subscriber=reader, kind=kind, today=when)
+        return Subscriber.objects.get(pk=reader.pk)
+
+    assert bounce("hard", day).bounce_score == 1
+    assert bounce("hard", day).bounce_score == 1  # the same day counts once
+    assert bounce("soft", day + timedelta(days=1)).bounce_score == Decimal("1.5")
+    # Nine days of silence: the old score is stale and starts again.
+    assert bounce("hard", day + timedelta(days=10)).bounce_score == 1
+    for n in range(11, 15):
+        found = bounce("hard", day + timedelta(days=n))
+    assert found.bounce_score == 5
+    assert found.status == SubscriberStatus.BOUNCED
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["hard", "soft"]), st.integers(min_value=0, max_value=60)),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_scores_never_exceed_one_a_day_and_suppression_is_for_good(alice_list, bounces):
+    reader = Subscriber.objects.create(
+        list=alice_list, email="scored@example.org", status=SubscriberStatus.CONFIRMED
+    )
+    start = date(2026, 1, 1)
+    days: set[date] = set()
+    was_bounced = False
+    for kind, offset in sorted(bounces, key=lambda b: b[1]):
+        when = start + timedelta(days=offset)
+        days.add(when)
+        services.bounce_record(subscriber=reader, kind=kind, today=when)
+        now = Subscriber.objects.get(pk=reader.pk)
+        assert now.bounce_score <= len(days)
+        if now.bounce_score >= 5:
+            was_bounced = True
+        assert (now.status == SubscriberStatus.BOUNCED) == was_bounced
+    BounceEvent.objects.filter(subscriber=reader).delete()
+    Subscriber.objects.filter(pk=reader.pk).delete()
+
+
+def test_the_complaint_rate_pauses_above_three_per_thousand_and_resume_acknowledges(
+    sent, alice, mail_rate, django_capture_on_commit_callbacks
+):
+    campaign, _readers = sent
+    more = add_confirmed(campaign.list, 6, start=100)
+    deliveries = [
+        Delivery.objects.create(campaign=campaign, subscriber=s, state=DeliveryState.SUBMITTED)
+        for s in more
+    ]
+    Campaign.objects.filter(pk=campaign.pk).update(submitted=1000, recipients=1000)
+    for delivery in deliveries[:3]:
+        services.complaint_record(
+            subscriber=delivery.subscriber, detail="abuse", reporter="yahoo", delivery=delivery
+        )
+    campaign.refresh_from_db()
+    assert (campaign.complaints, campaign.state) == (3, CampaignState.SENDING)  # 0.3%: not above
+    services.complaint_record(
+        subscriber=deliveries[3].subscriber,
+        detail="abuse",
+        reporter="yahoo",
+        delivery=deliveries[3],
+    )
+    campaign.refresh_from_db()
+    assert campaign.state == CampaignState.PAUSED
+    assert "4 complaints for 1000 messages sent is 0.40%" in campaign.pause_reason
+    with django_capture_on_commit_callbacks(execute=False):
+        services.campaign_resume(campaign=campaign, actor=alice)
+    campaign.refresh_from_db()
+    assert (campaign.state, campaign.complaints_acknowledged) == (CampaignState.SENDING, 4)
+    # More sent since; a new complaint at 5 in 2000 (0.25%) does not pause it again.
+    Campaign.objects.filter(pk=campaign.pk).update(submitted=2000)
+    services.complaint_record(
+        subscriber=deliveries[4].subscriber, detail="abuse", reporter="aol", delivery=deliveries[4]
+    )
+    assert Campaign.objects.get(pk=campaign.pk).state == CampaignState.SENDING
+
+
+# The SMTP endpoint, over a real socket ---------------------------------------------------
+
+
+@pytest.fixture
+def endpoint(transactional_db):
+    port = free_port()
+    controller = inbound.server("127.0.0.1", port, ["127.0.0.0/8"])
+    controller.start()
+    yield port
+    controller.stop()
+
+
+def test_the_inbound_endpoint_takes_bounces_and_refuses_other_addresses(
+    endpoint, alice, statutes, carol
+):
+    domain = services.domain_add(member=alice, name="alice-news.example")
+    from newsletters.models import MailingList, SendingDomain
+
+    SendingDomain.objects.filter(pk=domain.pk).update(verified_at="2026-01-01T00:00Z")
+    mlist = MailingList.objects.create(
+        member=alice, name="L", slug="l", domain=domain, from_name="L", from_local="l"
+    )
+    reader = add_confirmed(mlist, 1)[0]
+    campaign = Campaign.objects.create(list=mlist, subject="s", text_body="t")
+    delivery = Delivery.objects.create(
+        campaign=campaign, subscriber=reader, state=DeliveryState.SUBMITTED
+    )
+    raw, verp = report_for("postfix_hard", delivery)
+    with smtplib.SMTP("127.0.0.1", endpoint) as smtp:
+        smtp.ehlo()
+        code, _ = smtp.mail("")
+        assert code == 250
+        code, text = smtp.rcpt("postmaster@bounces.localhost")
+        assert code == 550, text
+        code, _ = smtp.rcpt("someone@elsewhere.example")
+        assert code == 550
+        assert smtp.rcpt(verp)[0] == 250
+        # On the wire, lines end in CRLF (the sample files are stored with LF).
+        code, text = smtp.data(raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+        assert code == 250, text
+    reader.refresh_from_db()
+    assert reader.bounce_score == 1
+    assert InboundReport.objects.get().type == "dsn"
+
+
+def test_the_inbound_endpoint_refuses_peers_outside_its_networks(transactional_db):
+    port = free_port()
+    controller = inbound.server("127.0.0.1", port, ["10.0.0.0/8"])
+    controller.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as smtp:
+            smtp.ehlo()
+            code, _text = smtp.mail("")
+            assert code == 554
+    finally:
+        controller.stop()

@@ -1,0 +1,182 @@
+"""Members' newsletter pages: alice sees hers, bob gets a 404 on every one of them."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from newsletters import services
+from newsletters.models import Campaign, MailingList, SubscriberImport
+from panel.models import AuditEntry
+from tests.newsletters.conftest import add_confirmed
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def alices_things(alice, alice_list, alice_domain, mail_rate):
+    readers = add_confirmed(alice_list, 3)
+    campaign = services.campaign_create(
+        mlist=alice_list,
+        actor=alice,
+        subject="Seeds",
+        text_body="Hi {{ name }}",
+        html_body="<p>Hi {{ name }}</p><script>alert(1)</script>",
+    )
+    job = services.import_start(
+        mlist=alice_list,
+        member=alice,
+        filename="people.csv",
+        content=b"email\nx@example.org\n",
+        consent_source="paper list",
+        mode="confirmed",
+    )
+    return {
+        "domain": alice_domain,
+        "list": alice_list,
+        "reader": readers[0],
+        "campaign": campaign,
+        "import": job,
+    }
+
+
+def urls(things):
+    lst, c = things["list"].pk, things["campaign"].pk
+    return [
+        ("get", reverse("newsletters:domain", args=[things["domain"].pk])),
+        ("post", reverse("newsletters:domain_check", args=[things["domain"].pk])),
+        ("post", reverse("newsletters:domain_remove", args=[things["domain"].pk])),
+        ("get", reverse("newsletters:list", args=[lst])),
+        ("get", reverse("newsletters:list_edit", args=[lst])),
+        ("post", reverse("newsletters:list_import", args=[lst])),
+        ("get", reverse("newsletters:list_export", args=[lst])),
+        ("get", reverse("newsletters:campaign_new", args=[lst])),
+        ("get", reverse("newsletters:subscriber", args=[lst, things["reader"].pk])),
+        ("post", reverse("newsletters:subscriber_remove", args=[lst, things["reader"].pk])),
+        ("get", reverse("newsletters:import", args=[things["import"].pk])),
+        ("get", reverse("newsletters:campaign", args=[c])),
+        ("post", reverse("newsletters:campaign", args=[c])),
+        ("get", reverse("newsletters:campaign_progress", args=[c])),
+        ("post", reverse("newsletters:campaign_schedule", args=[c])),
+        ("post", reverse("newsletters:campaign_test", args=[c])),
+        ("post", reverse("newsletters:campaign_action", args=[c, "start"])),
+        ("post", reverse("newsletters:campaign_action", args=[c, "cancel"])),
+    ]
+
+
+def test_bob_gets_a_404_on_alices_domains_lists_subscribers_and_campaigns(
+    client, bob, alices_things
+):
+    client.force_login(bob)
+    for method, url in urls(alices_things):
+        response = getattr(client, method)(url)
+        assert response.status_code == 404, (method, url, response.status_code)
+    # Nothing of alice's changed.
+    campaign = Campaign.objects.get(pk=alices_things["campaign"].pk)
+    assert campaign.state == "draft"
+    assert MailingList.objects.filter(pk=alices_things["list"].pk).exists()
+
+
+def test_alice_sees_her_pages(client, alice, alices_things):
+    client.force_login(alice)
+    for method, url in urls(alices_things):
+        if method == "get":
+            assert client.get(url).status_code == 200, url
+    index = client.get(reverse("newsletters:index")).content.decode()
+    assert "Garden notes" in index
+    assert "alice-news.example" in index
+
+
+def test_the_campaign_preview_keeps_the_members_html_in_a_sandbox(client, alice, alices_things):
+    client.force_login(alice)
+    page = client.get(reverse("newsletters:campaign", args=[alices_things["campaign"].pk]))
+    html = page.content.decode()
+    # The member's HTML is only inside an escaped srcdoc of a sandboxed frame.
+    assert 'sandbox=""' in html
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_a_list_is_made_from_the_page_and_audited(client, alice, alice_domain):
+    client.force_login(alice)
+    response = client.post(
+        reverse("newsletters:list_new"),
+        {
+            "name": "Workshop news",
+            "slug": "workshop",
+            "domain": alice_domain.pk,
+            "from_name": "The workshop",
+            "from_local": "workshop",
+            "signup_open": "on",
+        },
+    )
+    assert response.status_code == 302
+    mlist = MailingList.objects.get(slug="workshop")
+    assert mlist.from_address == "workshop@alice-news.example"
+    assert AuditEntry.objects.filter(action="newsletters.list_created", owner=alice).exists()
+
+
+def test_a_from_name_with_a_line_break_is_refused(client, alice, alice_domain):
+    client.force_login(alice)
+    response = client.post(
+        reverse("newsletters:list_new"),
+        {
+            "name": "Workshop",
+            "slug": "workshop",
+            "domain": alice_domain.pk,
+            "from_name": "Workshop\r\nBcc: everyone@example.org",
+            "from_local": "workshop",
+        },
+    )
+    assert response.status_code == 422
+    assert "must be one line" in response.content.decode()
+    assert not MailingList.objects.filter(slug="workshop").exists()
+
+
+def test_a_list_needs_a_verified_domain_of_ones_own(client, alice, bob, dns_zone):
+    bobs = services.domain_add(member=bob, name="bob.example")
+    alices = services.domain_add(member=alice, name="unverified.example")
+    for domain in (bobs, alices):
+        with pytest.raises(services.NewsletterError):
+            services.list_create(
+                member=alice,
+                name="X",
+                slug="x",
+                domain=domain,
+                from_name="X",
+                from_local="x",
+            )
+
+
+def test_the_export_streams_csv_with_consent_times(client, alice, alices_things):
+    client.force_login(alice)
+    response = client.get(reverse("newsletters:list_export", args=[alices_things["list"].pk]))
+    body = b"".join(response.streaming_content).decode()
+    lines = body.strip().splitlines()
+    assert lines[0].startswith("email,name,status,subscribed_at,subscribed_from")
+    assert len(lines) == 4
+    assert "reader0@example.net,Reader 0,confirmed," in body
+    assert "test fixture" in body
+
+
+def test_staff_see_the_demo_outbox(client, carol, alice, settings, tmp_path):
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "1.eml").write_bytes(
+        b"From: a@example.org\r\nTo: b@example.net\r\nSubject: Hello\r\n"
+        b"Message-ID: <m1@x>\r\nDKIM-Signature: v=1\r\n\r\nBody text\r\n"
+    )
+    settings.NEWSLETTER_OUTBOX_DIR = str(tmp_path)
+    client.force_login(carol)
+    page = client.get(reverse("newsletters:staff_outbox")).content.decode()
+    assert "Hello" in page
+    assert "Body text" in page
+    client.force_login(alice)
+    assert client.get(reverse("newsletters:staff_outbox")).status_code == 403
+
+
+def test_imports_show_progress_and_errors(client, alice, alices_things, settings):
+    job = SubscriberImport.objects.get(pk=alices_things["import"].pk)
+    client.force_login(alice)
+    page = client.get(reverse("newsletters:import", args=[job.pk])).content.decode()
+    assert "people.csv" in page

@@ -43,6 +43,8 @@ def start_demo(state: Path, port: int) -> tuple[subprocess.Popen[str], str]:
         PORT=str(port),
         DEMO_SITES_PORT=str(port + 1),
         FASTAGI_LISTEN=f"127.0.0.1:{free_port()}",
+        DEMO_RELAY_PORT=str(free_port()),
+        DEMO_INBOUND_PORT=str(free_port()),
     )
     proc = subprocess.Popen(
         [str(ROOT / "bin" / "demo")],
@@ -139,6 +141,17 @@ def test_demo_serves_the_dashboard_runs_a_worker_and_stops_on_ctrl_c(tmp_path):
             except OSError:
                 time.sleep(0.5)
         assert "alice.localhost" in body
+        # Alice's first campaign goes out through the demo relay into the outbox.
+        outbox = state / "outbox" / "new"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(outbox.glob("*"))) < 20:
+            time.sleep(0.5)
+        assert len(list(outbox.glob("*"))) == 20
+        shown = login_and_get(
+            base, "carol@demo.coop", logins["carol@demo.coop"], "/newsletters/staff/outbox/"
+        )
+        assert "Welcome to the garden notes" in shown
+        assert "List-Unsubscribe" in shown
     finally:
         stop_demo(proc, state)
 

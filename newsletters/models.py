@@ -9,6 +9,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 
 class SendingDomain(models.Model):
@@ -178,7 +179,7 @@ class CampaignState(models.TextChoices):
     SENDING = "sending", _("Sending")
     PAUSED = "paused", _("Paused")
     SENT = "sent", _("Sent")
-    CANCELLED = "cancelled", _("Cancelled")
+    CANCELLED = "cancelled", pgettext_lazy("campaign state", "Cancelled")
 
 
 class Campaign(models.Model):

@@ -157,14 +157,15 @@ def campaign_progress(campaign: Campaign) -> Progress:
     sent = Decimal(max(fresh.submitted, 1))
     open_states: dict[str, int] = {}
     if fresh.state in (CampaignState.SENDING, CampaignState.PAUSED):
-        open_states = dict(
-            fresh.deliveries.filter(
+        open_states = {
+            str(DeliveryState(state).label): n
+            for state, n in fresh.deliveries.filter(
                 state__in=[DeliveryState.QUEUED, DeliveryState.LEASED, DeliveryState.DEFERRED]
             )
             .values("state")
             .annotate(n=Count("id"))
             .values_list("state", "n")
-        )
+        }
     return Progress(
         campaign=fresh,
         done=done,

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
@@ -31,8 +31,13 @@ from panel.celery import app as celery_app
 from panel.models import Application, Statutes, User
 from tests.factories import PASSWORD, make_statutes, make_user
 
-# Hosting fixtures (a real test node) for tests/provisioning and the browser tests.
-pytest_plugins = ["tests.hosts.fixtures", "tests.newsletters.dnsserver"]
+# Fixtures of the service apps (a real test node, DNS, newsletters), for their tests and the
+# browser tests.
+pytest_plugins = [
+    "tests.hosts.fixtures",
+    "tests.newsletters.dnsserver",
+    "tests.newsletters.fixtures",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -342,3 +347,34 @@ def artifacts() -> Path:
 
 
 __all__ = ["PASSWORD", "first_link", "pending_application", "text_and_html"]
+
+
+@pytest.fixture
+def worker_factory(
+    transactional_db: None, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Starts real workers (with beat) with extra environment, for one test.
+
+    For tests whose worker needs settings of its own (the newsletter relay's port, short
+    leases); tasks go to this test's queue instead of running in-process.
+    """
+    queue = f"test-own-{uuid.uuid4().hex[:8]}"
+    started: list[WorkerProcess] = []
+
+    def start(**env: str) -> WorkerProcess:
+        worker = start_worker(tmp_path, queue=queue, extra_env=env, beat=True)
+        started.append(worker)
+        return worker
+
+    old_queue = celery_app.conf.task_default_queue
+    celery_app.conf.task_default_queue = queue
+    celery_app.conf.task_always_eager = False
+    try:
+        yield start
+    finally:
+        celery_app.conf.task_always_eager = True
+        celery_app.conf.task_default_queue = old_queue
+        for worker in started:
+            if worker.proc.poll() is None:
+                stop_worker(worker)
+        delete_queue(queue)

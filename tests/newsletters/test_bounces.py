@@ -25,7 +25,7 @@ from newsletters.models import (
 )
 from tests.conftest import free_port
 from tests.newsletters import samples
-from tests.newsletters.conftest import add_confirmed
+from tests.newsletters.fixtures import add_confirmed
 
 pytestmark = pytest.mark.django_db
 

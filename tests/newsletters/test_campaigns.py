@@ -12,7 +12,7 @@ from django.utils import timezone
 from newsletters import services
 from newsletters.models import Campaign, CampaignState, SendingDomain
 from panel.models import AuditEntry, UsageEvent
-from tests.newsletters.conftest import add_confirmed, dkim_valid
+from tests.newsletters.fixtures import add_confirmed, dkim_valid
 
 pytestmark = pytest.mark.django_db
 

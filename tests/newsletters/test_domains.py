@@ -8,7 +8,7 @@ from django.urls import reverse
 from newsletters import dkim, services
 from newsletters.models import SendingDomain
 from panel.models import AuditEntry
-from tests.newsletters.conftest import publish
+from tests.newsletters.fixtures import publish
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from newsletters import services
 from newsletters.models import ConsentEvent, ImportState, Subscriber, SubscriberStatus
-from tests.newsletters.conftest import add_confirmed
+from tests.newsletters.fixtures import add_confirmed
 
 pytestmark = pytest.mark.django_db
 

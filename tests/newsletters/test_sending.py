@@ -24,7 +24,7 @@ from newsletters.models import (
 )
 from newsletters.services import sending
 from panel.models import UsageEvent
-from tests.newsletters.conftest import PRICE, add_confirmed, dkim_valid
+from tests.newsletters.fixtures import PRICE, add_confirmed, dkim_valid
 
 pytestmark = pytest.mark.django_db
 

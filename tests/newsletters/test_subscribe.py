@@ -12,7 +12,7 @@ from newsletters import services, tokens
 from newsletters.models import ConsentEvent, Subscriber, SubscriberStatus
 from panel.models import UsageEvent
 from tests.conftest import text_and_html
-from tests.newsletters.conftest import add_confirmed, dkim_valid
+from tests.newsletters.fixtures import add_confirmed, dkim_valid
 
 pytestmark = pytest.mark.django_db
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,40 +20,14 @@ import pytest
 from newsletters import services, tokens
 from newsletters.models import Campaign, CampaignState, Delivery, DeliveryState, SenderLimit
 from newsletters.relay import DedupRelay
-from panel.celery import app as celery_app
 from panel.models import UsageEvent
-from tests.conftest import SmtpSink, delete_queue, free_port, start_worker, stop_worker
-from tests.newsletters.conftest import PRICE, add_confirmed, dkim_valid
+from tests.conftest import SmtpSink, free_port, stop_worker
+from tests.newsletters.fixtures import PRICE, add_confirmed, dkim_valid
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 SUBSCRIBERS = 10_000
 MESSAGE_ID = re.compile(rb"^Message-ID: <([^>]+)>", re.M | re.I)
-
-
-@pytest.fixture
-def worker_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
-    """Starts real workers (with beat) for one test; tasks go to its queue, not in-process."""
-    queue = f"test-nl-{uuid.uuid4().hex[:8]}"
-    started = []
-
-    def start(**env: str):
-        worker = start_worker(tmp_path, queue=queue, extra_env=env, beat=True)
-        started.append(worker)
-        return worker
-
-    old_queue = celery_app.conf.task_default_queue
-    celery_app.conf.task_default_queue = queue
-    celery_app.conf.task_always_eager = False
-    try:
-        yield start
-    finally:
-        celery_app.conf.task_always_eager = True
-        celery_app.conf.task_default_queue = old_queue
-        for worker in started:
-            if worker.proc.poll() is None:
-                stop_worker(worker)
-        delete_queue(queue)
 
 
 def campaign_of(alice, mlist) -> Campaign:

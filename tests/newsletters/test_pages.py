@@ -180,3 +180,26 @@ def test_imports_show_progress_and_errors(client, alice, alices_things, settings
     client.force_login(alice)
     page = client.get(reverse("newsletters:import", args=[job.pk])).content.decode()
     assert "people.csv" in page
+
+
+def test_archives_are_public_or_only_for_the_owner(client, alice, bob, alice_list):
+    campaign = services.campaign_create(
+        mlist=alice_list,
+        actor=alice,
+        subject="Issue one",
+        text_body="Hi {{ name }}",
+        html_body="<p>Hello {{ name }}</p>",
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(state="sent", finished_at="2026-11-01T10:00Z")
+    archive = reverse("newsletters:archive", args=[alice_list.slug])
+    item = reverse("newsletters:archive_item", args=[alice_list.slug, campaign.pk])
+    assert "Issue one" in client.get(archive).content.decode()
+    page = client.get(item).content.decode()
+    assert "&lt;p&gt;Hello reader&lt;/p&gt;" in page  # escaped into a sandboxed srcdoc
+    alice_list.archive_public = False
+    alice_list.save()
+    assert client.get(archive).status_code == 404
+    client.force_login(bob)
+    assert client.get(item).status_code == 404
+    client.force_login(alice)
+    assert client.get(item).status_code == 200

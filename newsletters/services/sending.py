@@ -149,19 +149,39 @@ class _Chunk:
     skipped: list[int]
 
 
+def _lock_mine(token: uuid.UUID, ids: Sequence[int]) -> dict[int, int]:
+    """Lock the rows by primary key; those still leased with ``token``, with their attempts.
+
+    Rows whose lease ran out meanwhile belong to another sender now: not ours to record. The
+    lookup is by primary key and the lease is checked here, not in SQL: given the state in
+    the WHERE clause, PostgreSQL picks the partial index of leased rows, whose dead entries
+    grow with the campaign until a vacuum (105,000 index entries read for 25 rows, measured).
+    """
+    rows = (
+        Delivery.objects.select_for_update()
+        .filter(id__in=ids)
+        .values_list("id", "state", "lease_token", "attempts")
+    )
+    return {
+        pk: attempts
+        for pk, state, lease, attempts in rows
+        if state == DeliveryState.LEASED and lease == token
+    }
+
+
 def _commit(campaign: Campaign, token: uuid.UUID, chunk: _Chunk, rate: Any) -> int:
     """Record what the relay said about a chunk; charge what it accepted, in one transaction."""
     now = timezone.now()
-    mine = Q(state=DeliveryState.LEASED, lease_token=token)
     done = {"lease_token": None, "lease_until": None}
     with transaction.atomic():
-        accepted = [d for d, _reply in chunk.submitted]
-        # Rows whose lease ran out meanwhile belong to another sender now: not ours to record.
-        ours = set(
-            Delivery.objects.select_for_update()
-            .filter(mine, id__in=accepted)
-            .values_list("id", flat=True)
+        mine = _lock_mine(
+            token,
+            [d for d, _r in chunk.submitted]
+            + [d for d, _r in chunk.deferred]
+            + [d for d, _s, _r in chunk.failed]
+            + chunk.skipped,
         )
+        ours = {d for d, _reply in chunk.submitted if d in mine}
         if ours:
             reply = chunk.submitted[0][1]
             Delivery.objects.filter(id__in=ours).update(
@@ -186,28 +206,32 @@ def _commit(campaign: Campaign, token: uuid.UUID, chunk: _Chunk, rate: Any) -> i
             )
         failed_n = 0
         for delivery_id, reply in chunk.deferred:
-            row = Delivery.objects.filter(mine, id=delivery_id).values_list("attempts").first()
-            if row is None:
+            if delivery_id not in mine:
                 continue
-            if row[0] >= settings.NEWSLETTER_MAX_ATTEMPTS:
-                failed_n += Delivery.objects.filter(mine, id=delivery_id).update(
+            attempts = mine[delivery_id]
+            if attempts >= settings.NEWSLETTER_MAX_ATTEMPTS:
+                failed_n += Delivery.objects.filter(id=delivery_id).update(
                     state=DeliveryState.FAILED, response=reply[:300], **done
                 )
             else:
-                Delivery.objects.filter(mine, id=delivery_id).update(
+                Delivery.objects.filter(id=delivery_id).update(
                     state=DeliveryState.DEFERRED,
-                    next_attempt_at=now + _backoff(row[0]),
+                    next_attempt_at=now + _backoff(attempts),
                     response=reply[:300],
                     **done,
                 )
         for delivery_id, subscriber_id, reply in chunk.failed:
-            if Delivery.objects.filter(mine, id=delivery_id).update(
-                state=DeliveryState.FAILED, response=reply[:300], **done
-            ):
+            if delivery_id in mine:
+                Delivery.objects.filter(id=delivery_id).update(
+                    state=DeliveryState.FAILED, response=reply[:300], **done
+                )
                 failed_n += 1
                 _suppress_refused(subscriber_id, delivery_id, reply)
-        skipped_n = Delivery.objects.filter(mine, id__in=chunk.skipped).update(
-            state=DeliveryState.SKIPPED, **done
+        skipped = [d for d in chunk.skipped if d in mine]
+        skipped_n = (
+            Delivery.objects.filter(id__in=skipped).update(state=DeliveryState.SKIPPED, **done)
+            if skipped
+            else 0
         )
         Campaign.objects.filter(pk=campaign.pk).update(
             submitted=F("submitted") + len(ours),
@@ -237,18 +261,18 @@ def _suppress_refused(subscriber_id: int, delivery_id: int, reply: str) -> None:
 
 def _release(token: uuid.UUID, ids: Sequence[int], *, cancelled: bool, campaign_id: int) -> None:
     """Give leased rows back: to the queue when paused or interrupted, skipped when cancelled."""
-    mine = Delivery.objects.filter(id__in=ids, state=DeliveryState.LEASED, lease_token=token)
-    if cancelled:
-        with transaction.atomic():
+    with transaction.atomic():
+        mine = Delivery.objects.filter(id__in=list(_lock_mine(token, ids)))
+        if cancelled:
             n = mine.update(state=DeliveryState.SKIPPED, lease_token=None, lease_until=None)
             Campaign.objects.filter(pk=campaign_id).update(skipped=F("skipped") + n)
-    else:
-        mine.update(
-            state=DeliveryState.QUEUED,
-            lease_token=None,
-            lease_until=None,
-            attempts=F("attempts") - 1,
-        )
+        else:
+            mine.update(
+                state=DeliveryState.QUEUED,
+                lease_token=None,
+                lease_until=None,
+                attempts=F("attempts") - 1,
+            )
 
 
 def _finish_or_wait(campaign: Campaign, now: datetime) -> SendOutcome:
@@ -335,14 +359,21 @@ def campaign_send(*, campaign_id: int, budget_seconds: float = 30.0) -> SendOutc
 
 def _send_chunk(relay: Relay, composer: Composer, token: uuid.UUID, ids: list[int]) -> _Chunk:
     """Send a chunk over the open connection; a relay that is down raises SmtpError."""
+    # By primary key, the lease and suppression checked here (see _lock_mine for why).
     sendable = {
-        row[0]: row[1:]
-        for row in Delivery.objects.filter(
-            id__in=ids,
-            state=DeliveryState.LEASED,
-            lease_token=token,
-            subscriber__status=SubscriberStatus.CONFIRMED,
-        ).values_list("id", "subscriber_id", "subscriber__email", "subscriber__name")
+        pk: (subscriber_id, email, name)
+        for pk, state, lease, subscriber_id, email, name, status in Delivery.objects.filter(
+            id__in=ids
+        ).values_list(
+            "id",
+            "state",
+            "lease_token",
+            "subscriber_id",
+            "subscriber__email",
+            "subscriber__name",
+            "subscriber__status",
+        )
+        if state == DeliveryState.LEASED and lease == token and status == SubscriberStatus.CONFIRMED
     }
     chunk = _Chunk([], [], [], [])
     for delivery_id in ids:

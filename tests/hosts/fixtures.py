@@ -49,8 +49,9 @@ def held_jobs(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     finally:
         celery_app.conf.task_always_eager, celery_app.conf.task_default_queue = old
-        with celery_app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)  # type: ignore[attr-defined]
+        from tests.conftest import delete_queue
+
+        delete_queue(queue)
 
 
 @pytest.fixture

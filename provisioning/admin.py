@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 
 from panel.admin_site import ReadOnlyAdmin
 from provisioning import services
@@ -19,12 +20,26 @@ class NodeAdmin(admin.ModelAdmin):
         "transport",
         "ssh_host",
         "ssh_port",
+        "kind",
         "capacity",
         "monthly_cost",
     )
-    list_filter = ("status",)
+    list_filter = ("status", "kind")
     readonly_fields = ("facts", "created_at")
-    actions = ("check_nodes", "drain")
+    actions = ("enroll", "check_nodes", "drain")
+
+    @admin.action(description="Enroll selected nodes (run their playbook, pin the host key)")
+    def enroll(self, request: HttpRequest, queryset: QuerySet[Node]) -> HttpResponse | None:
+        started = []
+        for node in queryset:
+            try:
+                services.node_enroll(node=node, actor=request.user)  # type: ignore[arg-type]
+                started.append(node)
+            except services.HostingError as exc:
+                self.message_user(request, f"{node}: {exc}", messages.ERROR)
+        if len(started) == 1:
+            return redirect("provisioning:staff_node", pk=started[0].pk)
+        return None
 
     @admin.action(description="Check selected nodes (agent facts; a new node becomes available)")
     def check_nodes(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:

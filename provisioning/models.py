@@ -19,10 +19,22 @@ class NodeStatus(models.TextChoices):
     DOWN = "down", _("Down")
 
 
+class NodeKind(models.TextChoices):
+    HOSTING = "hosting", _("Hosting")
+    ASTERISK = "asterisk", _("Asterisk")
+    MAIL = "mail", _("Mail relay")
+
+
 class Node(models.Model):
-    """A server that hosts sites. The panel reaches its agent only through SSH (or locally)."""
+    """A server of the co-op. Hosting nodes run sites; the panel reaches their agent only
+    through SSH (or locally). Every node is deployed with its kind's playbook."""
 
     name = models.CharField(max_length=63, unique=True)
+    kind = models.CharField(max_length=16, choices=NodeKind.choices, default=NodeKind.HOSTING)
+    # Ansible logs in as this user (root, or an admin with sudo) to enroll and update the node.
+    admin_user = models.CharField(max_length=32, default="root")
+    # Variables for the node's playbook (ports, paths); the inventory hands them to Ansible.
+    ansible_vars = models.JSONField(default=dict, blank=True)
     transport = models.CharField(
         max_length=8, choices=[("ssh", "SSH"), ("local", _("Local"))], default="ssh"
     )
@@ -209,3 +221,43 @@ class Job(models.Model):
     @property
     def finished(self) -> bool:
         return self.state in (JobState.OK, JobState.HARD_ERROR)
+
+
+class EnrollmentState(models.TextChoices):
+    PENDING = "pending", _("Waiting")
+    RUNNING = "running", _("Running")
+    OK = "ok", _("Done")
+    FAILED = "failed", _("Failed")
+
+
+class Enrollment(models.Model):
+    """One run of a node's playbook, started from the browser; its log grows as it runs."""
+
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="enrollments")
+    state = models.CharField(
+        max_length=16, choices=EnrollmentState.choices, default=EnrollmentState.PENDING
+    )
+    host_key = models.CharField(max_length=1000, blank=True)  # as seen on first contact
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    changed = models.PositiveIntegerField(default=0)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints: ClassVar = [
+            # One run at a time per node: two playbooks on one server would trip over each other.
+            models.UniqueConstraint(
+                fields=["node"],
+                condition=Q(state__in=["pending", "running"]),
+                name="enrollment_one_in_flight",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"enrollment {self.pk} of {self.node}"

@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from panel.models import UsageEvent, User
-from provisioning.models import Job, JobState, Site, SiteState, SshKey
+from provisioning.models import Enrollment, Job, JobState, Node, Site, SiteState, SshKey
 
 
 def sites_of(member: User) -> QuerySet[Site]:
@@ -66,3 +66,15 @@ def site_usage_by_day(site: Site, *, days: int = 30) -> list[dict[str, object]]:
         ]
         series.append({"kind": kind, "days": points, "peak": max(a for _, a in points)})
     return series
+
+
+def nodes() -> QuerySet[Node]:
+    return Node.objects.order_by("kind", "name")
+
+
+def node(pk: int) -> Node:
+    return get_object_or_404(Node, pk=pk)
+
+
+def latest_enrollment(node: Node) -> Enrollment | None:
+    return node.enrollments.order_by("-created_at", "-id").first()

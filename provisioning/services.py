@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import mail_admins
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -27,12 +29,15 @@ from panel.models import Membership, MembershipStatus, User
 from panel.services import record_usage
 from panel.services.ledger import LedgerError, cost_rate_at
 from panel.tasking import enqueue_on_commit
-from provisioning import ssh
+from provisioning import ansible, ssh
 from provisioning.models import (
     Certificate,
+    Enrollment,
+    EnrollmentState,
     Job,
     JobState,
     Node,
+    NodeKind,
     NodeStatus,
     Site,
     SiteAlias,
@@ -69,7 +74,9 @@ def endpoint_for(node: Node) -> ssh.Endpoint:
 def pick_node() -> Node:
     """The available node with the most room; locked, so that two creations do not overfill it."""
     nodes = list(
-        Node.objects.select_for_update().filter(status=NodeStatus.AVAILABLE).order_by("name")
+        Node.objects.select_for_update()
+        .filter(status=NodeStatus.AVAILABLE, kind=NodeKind.HOSTING)
+        .order_by("name")
     )
     used = dict(
         Site.objects.filter(node__in=nodes)
@@ -89,6 +96,151 @@ def pick_node() -> Node:
 def node_check(*, node: Node, actor: User | None) -> Job:
     """Ask the node's agent for its facts; a success makes a new node available."""
     return _enqueue(node=node, site=None, verb="node.facts", spec={}, actor=actor)
+
+
+NODE_FIELDS = ("status", "host_key", "kind")
+
+
+@transaction.atomic
+def node_enroll(*, node: Node, actor: User) -> Enrollment:
+    """Start deploying a node with its kind's playbook; the log shows on the node's page.
+
+    The panel's SSH key must be authorised for the node's admin user first (the page says
+    which key). One run at a time per node: a second click while one runs is refused.
+    """
+    try:
+        with transaction.atomic():
+            enrollment = Enrollment.objects.create(node=node, actor=actor)
+    except IntegrityError:
+        raise HostingError(_("This node is being enrolled already.")) from None
+    audit_record(
+        actor=actor,
+        action="node.enroll_started",
+        obj=node,
+        owner=None,
+        after={"enrollment": enrollment.pk, "kind": node.kind},
+    )
+    from provisioning import tasks
+
+    enqueue_on_commit(tasks.enroll_node, enrollment.pk)
+    return enrollment
+
+
+class _LogWriter:
+    """Appends playbook output to the enrollment row, a few times a second (not per line)."""
+
+    def __init__(self, enrollment_id: int) -> None:
+        self.enrollment_id = enrollment_id
+        self.pending: list[str] = []
+        self.flushed = time.monotonic()
+
+    def line(self, text: str) -> None:
+        self.pending.append(text.rstrip("\n") + "\n")
+        if time.monotonic() - self.flushed > 0.3:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            chunk = "".join(self.pending)
+            self.pending = []
+            Enrollment.objects.filter(pk=self.enrollment_id).update(
+                log=Concat(F("log"), Value(chunk))
+            )
+        self.flushed = time.monotonic()
+
+
+def enrollment_run(*, enrollment_id: int) -> Enrollment:
+    """The task's body: first contact, the playbook, then the host key pinned and the node on.
+
+    Claimed with a guarded update, so a redelivered task does not run the playbook twice at
+    once; a run that died half-way is marked failed by the next claim attempt's admin click.
+    """
+    if not Enrollment.objects.filter(pk=enrollment_id, state=EnrollmentState.PENDING).update(
+        state=EnrollmentState.RUNNING, started_at=timezone.now()
+    ):
+        return Enrollment.objects.get(pk=enrollment_id)
+    enrollment = Enrollment.objects.select_related("node").get(pk=enrollment_id)
+    node = enrollment.node
+    log = _LogWriter(enrollment.pk)
+    try:
+        outcome = _enroll(enrollment, node, log)
+    except (ansible.AnsibleError, ssh.AgentError) as exc:
+        log.line(f"ERROR: {exc}")
+        log.flush()
+        _enroll_finish(enrollment, node, ok=False, error=str(exc))
+    else:
+        log.flush()
+        ok = outcome.status == "successful" and outcome.returncode == 0
+        error = "" if ok else f"the playbook ended {outcome.status} (exit {outcome.returncode})"
+        _enroll_finish(enrollment, node, ok=ok, error=error, changed=outcome.changed)
+    enrollment.refresh_from_db()
+    return enrollment
+
+
+def _enroll(enrollment: Enrollment, node: Node, log: _LogWriter) -> ansible.Outcome:
+    seen = ssh.scan_host_key(node.ssh_host, node.ssh_port)
+    log.line(f"Host key of {node.ssh_host}:{node.ssh_port}: {seen} ({ssh.fingerprint(seen)})")
+    if node.host_key and node.host_key.split()[:2] != seen.split()[:2]:
+        raise ansible.AnsibleError(
+            f"the server's host key is not the one entered for this node "
+            f"({ssh.fingerprint(node.host_key)}); nothing was run",
+            permanent=True,
+        )
+    Enrollment.objects.filter(pk=enrollment.pk).update(host_key=seen)
+    extra = {
+        **(node.ansible_vars or {}),
+        "hosting_node_panel_public_key": ssh.panel_public_key(),
+        "hosting_node_name": node.name,
+    }
+    log.line(f"Running {ansible.PLAYBOOKS.get(node.kind, '?')} as {node.admin_user}")
+    return ansible.run(
+        target=ansible.Target(
+            name=node.name,
+            host=node.ssh_host,
+            port=node.ssh_port,
+            user=node.admin_user,
+            host_key=seen,
+            kind=node.kind,
+        ),
+        extra_vars=extra,
+        on_line=log.line,
+        private_key_file=ssh.ensure_panel_key(),
+    )
+
+
+@transaction.atomic
+def _enroll_finish(
+    enrollment: Enrollment, node: Node, *, ok: bool, error: str, changed: int = 0
+) -> None:
+    locked = Node.objects.select_for_update().get(pk=node.pk)
+    before = snapshot(locked, NODE_FIELDS)
+    Enrollment.objects.filter(pk=enrollment.pk).update(
+        state=EnrollmentState.OK if ok else EnrollmentState.FAILED,
+        error=error[:2000],
+        changed=changed,
+        finished_at=timezone.now(),
+    )
+    if ok:
+        seen = Enrollment.objects.values_list("host_key", flat=True).get(pk=enrollment.pk)
+        locked.host_key = seen
+        if locked.status in (NodeStatus.NEW, NodeStatus.DOWN):
+            locked.status = NodeStatus.AVAILABLE
+        locked.save(update_fields=["host_key", "status"])
+    audit_record(
+        actor=None,
+        action="node.enrolled" if ok else "node.enroll_failed",
+        obj=locked,
+        owner=None,
+        before=before,
+        after=snapshot(locked, NODE_FIELDS),
+        note=error[:500],
+    )
+    if not ok:
+        mail_admins(
+            f"Enrolling {locked.name} failed",
+            f"{error}\n\nThe log is on the node's page in the panel.",
+            fail_silently=True,
+        )
 
 
 @transaction.atomic

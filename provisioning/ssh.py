@@ -9,8 +9,10 @@ on the node are not.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -178,3 +180,36 @@ def _call_local(endpoint: Endpoint, payload: str, timeout: float) -> str:
     if not done.stdout.strip():
         raise AgentError(f"local agent answered nothing: {done.stderr[-500:]}", permanent=False)
     return done.stdout
+
+
+def scan_host_key(host: str, port: int, *, timeout: float = 10.0) -> str:
+    """The server's ed25519 host key as "ssh-ed25519 AAAA…", read from its SSH handshake.
+
+    Used once, when an admin enrolls a node: the key seen here is the one the enrollment run
+    checks against and the one pinned afterwards (trust on first use, shown to the admin with
+    its fingerprint in the log). ed25519 is asked for; Debian's sshd always has one.
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise AgentError(f"cannot reach {host}:{port}: {exc}", permanent=False) from None
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = timeout
+    transport.get_security_options().key_types = ["ssh-ed25519"]
+    try:
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+    except paramiko.SSHException as exc:
+        raise AgentError(
+            f"no ed25519 host key from {host}:{port}: {exc}", permanent=False
+        ) from None
+    finally:
+        transport.close()
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def fingerprint(host_key: str) -> str:
+    """SHA256:… as ssh-keygen -l prints it."""
+    data = base64.b64decode(host_key.split()[1])
+    digest = base64.b64encode(hashlib.sha256(data).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"

@@ -7,7 +7,7 @@ from typing import Any
 from celery import shared_task
 
 from provisioning import services
-from provisioning.models import Node, NodeStatus
+from provisioning.models import Node, NodeKind, NodeStatus
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -37,9 +37,16 @@ def purge_due_sites() -> int:
 def collect_usage() -> int:
     """Beat: meter every available node (one failing node does not stop the others)."""
     recorded = 0
-    for node in Node.objects.filter(status__in=[NodeStatus.AVAILABLE, NodeStatus.DRAINING]):
+    for node in Node.objects.filter(
+        kind=NodeKind.HOSTING, status__in=[NodeStatus.AVAILABLE, NodeStatus.DRAINING]
+    ):
         try:
             recorded += services.collect_usage(node=node)
         except services.ssh.AgentError:
             continue
     return recorded
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def enroll_node(enrollment_id: int) -> str:
+    return str(services.enrollment_run(enrollment_id=enrollment_id).state)

@@ -15,4 +15,7 @@ urlpatterns = [
     path("keys/", views.keys, name="keys"),
     path("keys/<int:pk>/remove/", views.key_remove, name="key_remove"),
     path("staff/failed-jobs/", views.staff_failed_jobs, name="staff_failed_jobs"),
+    path("staff/nodes/", views.staff_nodes, name="staff_nodes"),
+    path("staff/nodes/<int:pk>/", views.staff_node, name="staff_node"),
+    path("staff/nodes/<int:pk>/enroll/", views.staff_node_enroll, name="staff_node_enroll"),
 ]

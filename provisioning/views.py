@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from panel.access import member_required, permission_required
 from panel.views.core import _user
-from provisioning import selectors, services
+from provisioning import selectors, services, ssh
 from provisioning.forms import AliasForm, DatabaseForm, KeyForm, SiteForm
 from provisioning.models import JobState, SiteAlias, SshKey
 
@@ -194,3 +194,43 @@ def key_remove(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def staff_failed_jobs(request: HttpRequest) -> HttpResponse:
     return render(request, "provisioning/staff_jobs.html", {"jobs": selectors.failed_jobs()[:200]})
+
+
+@permission_required("provisioning.change_node")
+@require_GET
+def staff_nodes(request: HttpRequest) -> HttpResponse:
+    return render(request, "provisioning/staff_nodes.html", {"nodes": selectors.nodes()})
+
+
+def _node_context(found: Any) -> dict[str, Any]:
+    enrollment = selectors.latest_enrollment(found)
+    return {
+        "node": found,
+        "enrollment": enrollment,
+        "busy": enrollment is not None and enrollment.state in ("pending", "running"),
+        "panel_key": ssh.panel_public_key(),
+        "fingerprint": ssh.fingerprint(found.host_key) if found.host_key else "",
+    }
+
+
+@permission_required("provisioning.change_node")
+@require_GET
+def staff_node(request: HttpRequest, pk: int) -> HttpResponse:
+    found = selectors.node(pk)
+    template = (
+        "provisioning/_enrollment.html"
+        if request.headers.get("HX-Request")
+        else "provisioning/staff_node.html"
+    )
+    return render(request, template, _node_context(found))
+
+
+@permission_required("provisioning.change_node")
+@require_POST
+def staff_node_enroll(request: HttpRequest, pk: int) -> HttpResponse:
+    found = selectors.node(pk)
+    try:
+        services.node_enroll(node=found, actor=_user(request))
+    except services.HostingError as exc:
+        messages.error(request, str(exc))
+    return redirect("provisioning:staff_node", pk=found.pk)

@@ -37,6 +37,7 @@ pytest_plugins = [
     "tests.hosts.fixtures",
     "tests.newsletters.dnsserver",
     "tests.newsletters.fixtures",
+    "tests.ansible.fixtures",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,6 +18,16 @@ SUITE = "bookworm"
 MIRROR = os.environ.get("TESTHOST_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = sorted(
     [
+        # What the Ansible roles install, present already so that a test run does not wait for
+        # downloads; the roles still declare every package (then apt finds nothing to do).
+        "acl",
+        "cron",
+        "postfix",
+        "postgresql",
+        "python3-apt",
+        "python3-venv",
+        "quota",
+        "redis-server",
         "ca-certificates",
         "curl",
         "iproute2",

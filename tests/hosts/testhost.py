@@ -151,6 +151,25 @@ PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \\
 exec sleep infinity
 """
 
+# A bare host: what a freshly installed server offers an admin, sshd with root's key, and
+# nothing else of ours; the Ansible roles must do the rest. Pebble is the test's certificate
+# authority (the internet's, not the host's), so it runs here too.
+INIT_BARE = """#!/bin/sh
+set -e
+mkdir -p /run/sshd /tmp
+chmod 1777 /tmp
+rm -f /etc/ssh/ssh_host_*
+ssh-keygen -A >/dev/null
+pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" -dns01 127.0.0.1:{dns_port} \\
+  -http01 "" -https01 "" -tlsalpn01 "" -management 127.0.0.1:{challtest_port} \\
+  >/var/log/challtestsrv.log 2>&1 &
+PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \\
+  pebble -config /testhost/pebble.json -dnsserver 127.0.0.1:{dns_port} -strict=false \\
+  >/var/log/pebble.log 2>&1 &
+/usr/local/sbin/testhost-sshd
+exec sleep infinity
+"""
+
 SSHD = """#!/bin/sh
 exec /usr/sbin/sshd -E /var/log/sshd.log -p {ssh_port} -o ListenAddress=127.0.0.1 -o UseDNS=no \\
   -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no -o LogLevel=VERBOSE
@@ -172,6 +191,9 @@ class TestHost:
     proc: subprocess.Popen[bytes] | None = None
     host_key: str = ""
     ca_path: Path | None = None
+    # Bare: only sshd (root logs in with root_public_key) and the test CA; see INIT_BARE.
+    bare: bool = False
+    root_public_key: str = ""
 
     @property
     def upper(self) -> Path:
@@ -191,13 +213,28 @@ class TestHost:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         stage = self.upper / "testhost"
         stage.mkdir(parents=True, exist_ok=True)
+        ca, _cert, _key = _minica(stage / "pebble-tls")
+        self.ca_path = ca
+        self._stage_pebble(stage)
+        sbin = self.upper / "usr" / "local" / "sbin"
+        sbin.mkdir(parents=True, exist_ok=True)
+        sshd = sbin / "testhost-sshd"
+        sshd.write_text(SSHD.format(ssh_port=self.ssh_port))
+        sshd.chmod(0o755)
+        init = sbin / "testhost-init"
+        ports = {"dns_port": self.dns_port, "challtest_port": self.challtest_port}
+        if self.bare:
+            dot_ssh = self.upper / "root" / ".ssh"
+            dot_ssh.mkdir(parents=True, mode=0o700, exist_ok=True)
+            (dot_ssh / "authorized_keys").write_text(self.root_public_key + "\n")
+            init.write_text(INIT_BARE.format(**ports))
+            init.chmod(0o755)
+            return
         shutil.copy(AGENT, stage / "panel_agent.py")
         lib = self.upper / "usr" / "local" / "lib" / "panel-agent"
         lib.mkdir(parents=True, exist_ok=True)
         shutil.copy(INSTALL, lib / "install.sh")
         (stage / "panel.pub").write_text(self.panel_public_key + "\n")
-        ca, _cert, _key = _minica(stage / "pebble-tls")
-        self.ca_path = ca
         (stage / "config.json").write_text(
             json.dumps(
                 {
@@ -214,6 +251,13 @@ class TestHost:
                 }
             )
         )
+        nginx = self.upper / "etc" / "nginx"
+        nginx.mkdir(parents=True, exist_ok=True)
+        (nginx / "nginx.conf").write_text(NGINX_CONF.format(http_port=self.http_port))
+        init.write_text(INIT.format(ssh_port=self.ssh_port, **ports))
+        init.chmod(0o755)
+
+    def _stage_pebble(self, stage: Path) -> None:
         (stage / "pebble.json").write_text(
             json.dumps(
                 {
@@ -230,21 +274,6 @@ class TestHost:
                 }
             )
         )
-        nginx = self.upper / "etc" / "nginx"
-        nginx.mkdir(parents=True, exist_ok=True)
-        (nginx / "nginx.conf").write_text(NGINX_CONF.format(http_port=self.http_port))
-        sbin = self.upper / "usr" / "local" / "sbin"
-        sbin.mkdir(parents=True, exist_ok=True)
-        init = sbin / "testhost-init"
-        init.write_text(
-            INIT.format(
-                ssh_port=self.ssh_port, dns_port=self.dns_port, challtest_port=self.challtest_port
-            )
-        )
-        init.chmod(0o755)
-        sshd = sbin / "testhost-sshd"
-        sshd.write_text(SSHD.format(ssh_port=self.ssh_port))
-        sshd.chmod(0o755)
 
     def start(self) -> TestHost:
         self._stage()
@@ -276,7 +305,16 @@ class TestHost:
             start_new_session=True,
         )
         try:
-            for port in (self.ssh_port, self.http_port, self.pebble_port):
+            waited = (
+                (self.ssh_port, self.pebble_port)
+                if self.bare
+                else (
+                    self.ssh_port,
+                    self.http_port,
+                    self.pebble_port,
+                )
+            )
+            for port in waited:
                 wait_for_port(port, proc=self.proc, timeout=60)
         except Exception:
             self.stop()

@@ -81,6 +81,9 @@ STAFF_ONLY = {
     "telephony:staff_decks",
     "telephony:staff_live",
     "newsletters:staff_outbox",
+    "provisioning:staff_nodes",
+    "provisioning:staff_node",
+    "provisioning:staff_node_enroll",
 }
 # Arguments for URLs that take some; access is decided before the object is looked up.
 ARGS: dict[str, list[object]] = {
@@ -117,6 +120,8 @@ ARGS: dict[str, list[object]] = {
             "campaign_test",
         )
     },
+    "provisioning:staff_node": [1],
+    "provisioning:staff_node_enroll": [1],
     "newsletters:subscriber": [1, 1],
     "newsletters:subscriber_remove": [1, 1],
     "newsletters:campaign_action": [1, "pause"],

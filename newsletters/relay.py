@@ -31,31 +31,45 @@ Further choices:
   handshake per message would cap the rate the panel pushes at (hundreds per second).
 - A message without a Message-ID is forwarded without deduplication: there is nothing to key it
   on, and dropping it would lose it.
+
+Two ways to run it, with the same options: `manage.py newsletter_relay` from the panel's release,
+and standalone on a mail node, where nothing but this file, Python and aiosmtpd (Debian's
+python3-aiosmtpd) is installed:
+
+    python3 relay.py --listen 0.0.0.0:2525 --store /var/lib/newsletter-relay/seen.sqlite3 \
+        --next-hop smtp://127.0.0.1:25 --allow 192.0.2.10/32
+
+The module therefore imports nothing of Django or the panel.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ipaddress
 import itertools
 import logging
 import os
+import signal
 import smtplib
 import socket
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from aiosmtpd.controller import Controller
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run as a script, the module is __main__, and its log lines should say.
+log = logging.getLogger("newsletters.relay")
 
 MAX_MESSAGE_SIZE = 10 * 1024 * 1024
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
@@ -666,3 +680,132 @@ class DedupRelay:
     def _count(self, outcome: Outcome) -> None:
         with self._counts_lock:
             self._counts[outcome] += 1
+
+
+# Running it: the options, the loop until a signal, and the standalone entry point ----------
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """HOST:PORT, with an IPv6 host in brackets ([::1]:2525).
+
+    Checked by argparse, so that a typo fails before anything is opened, with the usage.
+    """
+    host, colon, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return int(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, store_help: str) -> None:
+    """The relay's options, for the standalone parser and the management command alike."""
+    parser.add_argument(
+        "--listen", type=listen_address, default=("127.0.0.1", 2525), metavar="HOST:PORT"
+    )
+    parser.add_argument("--store", type=Path, default=None, help=store_help)
+    parser.add_argument("--next-hop", required=True, metavar="smtp://HOST:PORT|maildir:PATH")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        metavar="CIDR",
+        help=f"a network whose hosts may send; repeatable (default: {' '.join(DEFAULT_ALLOW)})",
+    )
+    parser.add_argument(
+        "--keep-days",
+        type=positive,
+        default=30,
+        help="how long an accepted Message-ID is remembered (default: 30)",
+    )
+
+
+def relay_from_options(options: argparse.Namespace | dict[str, Any], store: Path) -> DedupRelay:
+    """A relay from parsed options; ValueError for a bad next hop or network."""
+    values = vars(options) if isinstance(options, argparse.Namespace) else options
+    host, port = values["listen"]
+    return DedupRelay(
+        host=host,
+        port=port,
+        store=store,
+        next_hop=values["next_hop"],
+        allow=values["allow"] or DEFAULT_ALLOW,
+        keep_days=values["keep_days"],
+    )
+
+
+def serve(relay: DedupRelay, *, announce: Callable[[str], None]) -> None:
+    """Start the relay, announce it, and run until SIGTERM or SIGINT; then stop it.
+
+    Raises OSError when it cannot listen. Call it from the main thread (signal handlers).
+    """
+    # aiosmtpd logs every SMTP command at INFO: thousands of lines a second at campaign
+    # rates, drowning the relay's one line per message.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        relay.start()
+        announce(
+            f"relay listening on {relay.host}:{relay.port}, next hop {relay.next_hop}, "
+            f"store {relay.store}"
+        )
+        stop.wait()
+    finally:
+        relay.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def summary(relay: DedupRelay) -> str:
+    return (
+        f"relay stopped: {relay.accepted} accepted, {relay.dropped} dropped as duplicates, "
+        f"{relay.rejected} rejected, {relay.deferred} deferred"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python3 relay.py --listen HOST:PORT --store FILE --next-hop smtp://HOST:PORT [...]
+
+    The mail node's service runs this; it logs to stderr, one line per message.
+    """
+    parser = argparse.ArgumentParser(
+        prog="relay.py",
+        description="Forward each Message-ID once; answer 250 to repeats and drop them.",
+    )
+    add_arguments(parser, store_help="SQLite file of the accepted Message-IDs (required)")
+    options = parser.parse_args(argv)
+    if options.store is None:
+        parser.error("--store is required")
+    try:
+        relay = relay_from_options(options, options.store)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    def announce(line: str) -> None:
+        print(line, flush=True)  # noqa: T201  (the service's log)
+
+    try:
+        serve(relay, announce=announce)
+    except OSError as exc:
+        print(f"relay.py: cannot listen on {relay.host}:{relay.port}: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    announce(summary(relay))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

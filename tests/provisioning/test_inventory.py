@@ -65,7 +65,12 @@ def test_ansible_reads_the_script_and_trusts_the_pinned_keys(nodes, transactiona
         XDG_CACHE_HOME=str(tmp_path),
     )
     done = subprocess.run(
-        [str(BIN / "ansible-inventory"), "-i", str(ANSIBLE / "inventory" / "panel.py"), "--list"],
+        [
+            str(BIN / "ansible-inventory"),
+            "-i",
+            str(ANSIBLE / "inventory" / "panel_nodes.py"),
+            "--list",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -80,4 +85,4 @@ def test_ansible_reads_the_script_and_trusts_the_pinned_keys(nodes, transactiona
     assert f"UserKnownHostsFile={known_hosts}" in web1["ansible_ssh_common_args"]
     assert "StrictHostKeyChecking=yes" in web1["ansible_ssh_common_args"]
     assert known_hosts.read_text() == f"192.0.2.10 {nodes[0].host_key}\n"
-    assert os.access(ANSIBLE / "inventory" / "panel.py", os.X_OK)
+    assert os.access(ANSIBLE / "inventory" / "panel_nodes.py", os.X_OK)

@@ -1,6 +1,6 @@
 """The nodes registered in the panel, as an Ansible dynamic inventory (JSON on stdout).
 
-Admins keep one list: the panel's. `ansible/inventory/panel.py` runs this command (locally,
+Admins keep one list: the panel's. `ansible/inventory/panel_nodes.py` runs this command (locally,
 or on the panel host over SSH) and hands Ansible its output; the host keys the panel pinned
 become Ansible's known hosts, so Ansible and the panel trust the same servers.
 """
@@ -44,7 +44,7 @@ def inventory() -> dict[str, Any]:
             "children": sorted(groups),
             "vars": {
                 "hosting_node_panel_public_key": ssh.panel_public_key(),
-                # For inventory/panel.py, which writes them to the known_hosts file it uses.
+                # For inventory/panel_nodes.py, which writes them to the known_hosts file it uses.
                 "panel_known_hosts": known_hosts,
             },
         },

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ansible dynamic inventory: the nodes registered in the panel.
 
-    ansible-playbook -i inventory/panel.py hosting_node.yml
+    ansible-playbook -i inventory/panel_nodes.py hosting_node.yml
 
 It runs `manage.py ansible_inventory --list` where the panel is:
 - PANEL_INVENTORY_COMMAND, if set: the whole command, split like a shell would, for example

@@ -198,6 +198,10 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not 
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
 if env_bool("BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # gunicorn listens on a unix socket, so REMOTE_ADDR is empty and allauth (rate limits)
+    # refuses every POST without a client address. The proxy appends the address it saw to
+    # X-Forwarded-For; only that last hop is trusted, the rest is the client's to write.
+    ALLAUTH_TRUSTED_PROXY_COUNT = 1
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 

@@ -59,13 +59,17 @@ def ansible_dir() -> Path:
     return Path(settings.BASE_DIR) / "ansible"
 
 
+# A playbook run longer than this is stopped (ansible-runner kills it).
+RUN_TIMEOUT_S = 1800
+
+
 def run(
     *,
     target: Target,
     extra_vars: dict[str, Any],
     on_line: Callable[[str], None],
     private_key_file: Path,
-    timeout: int = 1800,
+    timeout: int = RUN_TIMEOUT_S,
 ) -> Outcome:
     """Run the target's playbook; returns when it ends. Failures of the play are an Outcome.
 

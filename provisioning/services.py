@@ -99,6 +99,8 @@ def node_check(*, node: Node, actor: User | None) -> Job:
 
 
 NODE_FIELDS = ("status", "host_key", "kind")
+# Queue wait plus the playbook's timeout, with room to spare.
+ENROLLMENT_STALE_AFTER = timedelta(seconds=ansible.RUN_TIMEOUT_S + 1800)
 
 
 @transaction.atomic
@@ -108,6 +110,28 @@ def node_enroll(*, node: Node, actor: User) -> Enrollment:
     The panel's SSH key must be authorised for the node's admin user first (the page says
     which key). One run at a time per node: a second click while one runs is refused.
     """
+    # A run still "in flight" long after the playbook's own timeout lost its worker (killed,
+    # machine rebooted): it would block the node for ever, so it is failed here first.
+    stale = Enrollment.objects.filter(
+        node=node,
+        state__in=[EnrollmentState.PENDING, EnrollmentState.RUNNING],
+        created_at__lt=timezone.now() - ENROLLMENT_STALE_AFTER,
+    )
+    for enrollment_id in stale.values_list("pk", flat=True):
+        if Enrollment.objects.filter(
+            pk=enrollment_id, state__in=[EnrollmentState.PENDING, EnrollmentState.RUNNING]
+        ).update(
+            state=EnrollmentState.FAILED,
+            error=_("Abandoned: no worker finished this run."),
+            finished_at=timezone.now(),
+        ):
+            audit_record(
+                actor=actor,
+                action="node.enroll_abandoned",
+                obj=node,
+                owner=None,
+                after={"enrollment": enrollment_id},
+            )
     try:
         with transaction.atomic():
             enrollment = Enrollment.objects.create(node=node, actor=actor)

@@ -7,6 +7,7 @@ The cache key is the package list, so adding a package builds a fresh one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -22,6 +23,10 @@ PACKAGES = sorted(
         # downloads; the roles still declare every package (then apt finds nothing to do).
         "acl",
         "cron",
+        "nginx",
+        "python3-aiosmtpd",
+        "python3-cryptography",
+        "python3-psycopg2",
         "postfix",
         "postgresql",
         "python3-apt",
@@ -68,26 +73,34 @@ def ensure_rootfs() -> Path:
         )
     if not shutil.which("debootstrap"):
         raise RuntimeError("debootstrap is missing (bin/test installs it)")
-    building = target.with_name(target.name + ".building")
-    shutil.rmtree(building, ignore_errors=True)
-    building.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(PACKAGES)}",
-            SUITE,
-            str(building),
-            MIRROR,
-        ],
-        check=True,
-    )
-    # A node's SSH host keys are its own: none may come from the shared image.
-    for host_key in (building / "etc" / "ssh").glob("ssh_host_*"):
-        host_key.unlink()
-    (building / ".complete").write_text(",".join(PACKAGES))
-    shutil.rmtree(target, ignore_errors=True)
-    building.rename(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time (bin/test and a test session may both get here): the others wait
+    # for it and take its result.
+    with (target.parent / f"{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return target
+        building = target.with_name(target.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(PACKAGES)}",
+                SUITE,
+                str(building),
+                MIRROR,
+            ],
+            # Its progress to stderr: bin/test reads the rootfs' path from stdout.
+            stdout=sys.stderr,
+            check=True,
+        )
+        # A node's SSH host keys are its own: none may come from the shared image.
+        for host_key in (building / "etc" / "ssh").glob("ssh_host_*"):
+            host_key.unlink()
+        (building / ".complete").write_text(",".join(PACKAGES))
+        shutil.rmtree(target, ignore_errors=True)
+        building.rename(target)
     return target
 
 

@@ -6,8 +6,11 @@ with a real worker) is tests/browser/test_enroll.py.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core import mail
+from django.utils import timezone
 
 from panel.models import AuditEntry
 from provisioning import services, ssh
@@ -67,6 +70,25 @@ def test_one_enrollment_at_a_time(carol, django_capture_on_commit_callbacks):
     with pytest.raises(services.HostingError, match="being enrolled already"):
         services.node_enroll(node=node, actor=carol)
     assert Enrollment.objects.filter(node=node).count() == 1
+
+
+def test_a_run_whose_worker_died_long_ago_does_not_block_the_node(
+    carol, django_capture_on_commit_callbacks
+):
+    node = new_node(ssh_port=free_port())
+    with django_capture_on_commit_callbacks(execute=False):
+        first = services.node_enroll(node=node, actor=carol)
+    Enrollment.objects.filter(pk=first.pk).update(
+        state=EnrollmentState.RUNNING,
+        created_at=timezone.now() - services.ENROLLMENT_STALE_AFTER - timedelta(minutes=1),
+    )
+    with django_capture_on_commit_callbacks(execute=False):
+        second = services.node_enroll(node=node, actor=carol)
+    first.refresh_from_db()
+    assert first.state == EnrollmentState.FAILED
+    assert "no worker finished" in first.error
+    assert second.state == EnrollmentState.PENDING
+    assert AuditEntry.objects.filter(action="node.enroll_abandoned", actor=carol).count() == 1
 
 
 def test_the_host_key_scan_reads_what_sshd_offers(testhost):

@@ -10,8 +10,10 @@ unchanged can help.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,6 +125,9 @@ def run(
                 on_line(line)
             return True
 
+        # The panel's own Ansible (the deploy extra), also when the worker runs without its
+        # virtualenv on PATH (a service started by the absolute path of its Python).
+        venv_bin = Path(sys.executable).parent
         try:
             runner = ansible_runner.run(
                 private_data_dir=str(work),
@@ -131,6 +136,7 @@ def run(
                 inventory=inventory,
                 extravars=extra_vars,
                 envvars={
+                    "PATH": os.pathsep.join([str(venv_bin), os.environ.get("PATH", os.defpath)]),
                     "ANSIBLE_CONFIG": str(ansible_dir() / "ansible.cfg"),
                     "ANSIBLE_NOCOLOR": "1",
                     "ANSIBLE_ROLES_PATH": str(ansible_dir() / "roles"),

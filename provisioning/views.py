@@ -217,12 +217,15 @@ def _node_context(found: Any) -> dict[str, Any]:
 @require_GET
 def staff_node(request: HttpRequest, pk: int) -> HttpResponse:
     found = selectors.node(pk)
-    template = (
-        "provisioning/_enrollment.html"
-        if request.headers.get("HX-Request")
-        else "provisioning/staff_node.html"
-    )
-    return render(request, template, _node_context(found))
+    context = _node_context(found)
+    if not request.headers.get("HX-Request"):
+        return render(request, "provisioning/staff_node.html", context)
+    response = render(request, "provisioning/_enrollment.html", context)
+    if not context["busy"]:
+        # The run just ended: the node's status, pinned key and the button change with it,
+        # so the whole page is loaded once more (and stops polling).
+        response["HX-Refresh"] = "true"
+    return response
 
 
 @permission_required("provisioning.change_node")

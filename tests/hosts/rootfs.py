@@ -26,6 +26,9 @@ PACKAGES = sorted(
         "nginx",
         "python3-aiosmtpd",
         "python3-cryptography",
+        # debootstrap does not resolve virtual packages: python3-cryptography's
+        # python3-cffi-backend-api-* are provided by this one.
+        "python3-cffi-backend",
         "python3-psycopg2",
         "postfix",
         "postgresql",
@@ -62,6 +65,20 @@ def rootfs_path() -> Path:
     return cache_root() / f"rootfs-{SUITE}-{key}"
 
 
+def _remove_leftover(building: Path) -> None:
+    """Remove what an interrupted build left, unmounting first what debootstrap mounted in it.
+
+    A killed debootstrap leaves the machine's /proc mounted inside; deleting through that
+    mount would reach into the live system, so the tree goes only once nothing is mounted.
+    """
+    inside = str(building) + "/"
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(inside)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=True)
+    shutil.rmtree(building, ignore_errors=True)
+
+
 def ensure_rootfs() -> Path:
     """The cached rootfs; built (about a minute) when missing. Needs root and debootstrap."""
     target = rootfs_path()
@@ -81,7 +98,7 @@ def ensure_rootfs() -> Path:
         if (target / ".complete").exists():
             return target
         building = target.with_name(target.name + ".building")
-        shutil.rmtree(building, ignore_errors=True)
+        _remove_leftover(building)
         subprocess.run(
             [
                 "debootstrap",

@@ -178,6 +178,8 @@ exec /usr/sbin/sshd -E /var/log/sshd.log -p {ssh_port} -o ListenAddress=127.0.0.
 
 @dataclass
 class TestHost:
+    __test__ = False  # a helper named Test*, not a test class for pytest to collect
+
     rootfs: Path
     workdir: Path
     panel_public_key: str

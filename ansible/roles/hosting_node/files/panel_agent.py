@@ -1,0 +1,1 @@
+../../../../provisioning/agent/panel_agent.py

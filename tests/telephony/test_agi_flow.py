@@ -151,3 +151,24 @@ def test_long_prompt_before_dial_is_not_billed(agi_server, carrier, access, call
     record = CallRecord.objects.get(uniqueid="call-9")
     assert record.billed_seconds == 4
     assert record.cost == Decimal("0.000533")
+
+
+def test_the_server_keeps_its_database_connections(
+    agi_server, carrier, access, caller, monkeypatch
+):
+    """A new PostgreSQL connection per session would cost more than the session's queries."""
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    opened = []
+    connect = DatabaseWrapper.get_new_connection
+
+    def counting(self, params):
+        opened.append(1)
+        return connect(self, params)
+
+    monkeypatch.setattr(DatabaseWrapper, "get_new_connection", counting)
+    for n in range(40):
+        assert call(agi_server, uniqueid=f"keep-{n}").variables["AUTH_RESULT"] == "OK"
+        settle(agi_server, f"keep-{n}", "ANSWER", 100, 110)
+    # At most one per pool thread (16), not one per session (80).
+    assert len(opened) <= 16

@@ -750,15 +750,16 @@ def call_settle(
         increment=call.increment_seconds,
     )
     amount = rating.cost(billed=billed, per_minute=call.per_minute, connect_fee=call.connect_fee)
+    changes = {
+        "state": CallState.SETTLED,
+        "dial_status": dial_status[:20],
+        "connected_seconds": connected.quantize(Decimal("0.001")),
+        "billed_seconds": billed,
+        "cost": amount,
+        "ended_at": timezone.now(),
+    }
     with transaction.atomic():
-        moved = CallRecord.objects.filter(pk=call.pk, state=CallState.AUTHORIZED).update(
-            state=CallState.SETTLED,
-            dial_status=dial_status[:20],
-            connected_seconds=connected.quantize(Decimal("0.001")),
-            billed_seconds=billed,
-            cost=amount,
-            ended_at=timezone.now(),
-        )
+        moved = CallRecord.objects.filter(pk=call.pk, state=CallState.AUTHORIZED).update(**changes)
         if not moved:
             return CallRecord.objects.get(pk=call.pk)
         try:
@@ -775,7 +776,8 @@ def call_settle(
         except LedgerError as exc:
             log.error("settling call %s: %s", uniqueid, exc)
             raise
-    call.refresh_from_db()
+    for name, value in changes.items():  # what the update wrote; no need to read it back
+        setattr(call, name, value)
     return call
 
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from panel.models import CreditHold, MemberBalance, UsageEvent
 from telephony import asterisk_sim, services
-from telephony.models import CallRecord, CallState, Phone
+from telephony.models import CallPlan, CallRecord, CallState, Phone
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,6 +56,17 @@ def test_verified_caller_id_goes_out_with_a_limit_from_the_hold(
     assert CreditHold.objects.get(key="call:call-1").amount == Decimal("5")
     # Asterisk ends every FastAGI session with HANGUP; the server takes it calmly.
     assert done.transcript[-1] == ("<<", "HANGUP")
+
+
+def test_authorize_asked_twice_gives_the_first_answer(agi_server, carrier, access, caller, alice):
+    """Even when the first answer used up the credit and the last free call slot."""
+    CallPlan.objects.filter(member=alice).update(max_concurrent=1)
+    first = call(agi_server, uniqueid="twice")
+    again = call(agi_server, uniqueid="twice")
+    assert first.variables["AUTH_RESULT"] == again.variables["AUTH_RESULT"] == "OK"
+    assert first.variables["LIMIT_MS"] == again.variables["LIMIT_MS"]
+    assert CreditHold.objects.filter(member=alice).count() == 1
+    assert MemberBalance.objects.get(member=alice).held == Decimal("5")
 
 
 def test_settle_bills_connected_seconds_once(agi_server, carrier, access, caller, alice):

@@ -77,3 +77,48 @@ def test_fifty_concurrent_authorizations_never_exceed_the_credit(
     balance = MemberBalance.objects.get(member=alice)
     assert balance.available >= 0
     assert balance.held == 0
+
+
+def test_concurrent_setups_never_exceed_max_concurrent(agi_server, carrier, access, alice):
+    """The count of calls in progress is taken after the member's setups took turns."""
+    phone = services.phone_add(member=alice, number="+49 151 11113333")
+    Phone.objects.filter(pk=phone.pk).update(verified_at=timezone.now())
+    ledger.payment_record(
+        actor=None,
+        member=alice,
+        amount=Decimal("100.00"),
+        received_on=timezone.localdate(),
+        reference="plenty",
+        source_key="plenty",
+    )
+    CallPlan.objects.filter(member=alice).update(max_concurrent=2, per_call_cap=Decimal("1.00"))
+    host, port = agi_server
+    results: list[asterisk_sim.Call] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(30)
+
+    def dial(n: int) -> None:
+        barrier.wait()
+        done = asterisk_sim.run(
+            asterisk_sim.Call(
+                uniqueid=f"m{n}",
+                caller=phone.number,
+                access=access.number,
+                args=[access.number],
+                dtmf=["0401234567"],
+            ),
+            host,
+            port,
+        )
+        with lock:
+            results.append(done)
+
+    threads = [threading.Thread(target=dial, args=(n,)) for n in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 30
+    authorized = [r for r in results if r.variables.get("AUTH_RESULT") == "OK"]
+    assert len(authorized) == 2
+    assert CallRecord.objects.filter(state=CallState.AUTHORIZED).count() == 2

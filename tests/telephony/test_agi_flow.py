@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from panel.models import CreditHold, MemberBalance, UsageEvent
@@ -183,3 +184,39 @@ def test_the_server_keeps_its_database_connections(
         settle(agi_server, f"keep-{n}", "ANSWER", 100, 110)
     # At most one per pool thread (16), not one per session (80).
     assert len(opened) <= 16
+
+
+def test_a_call_setup_takes_four_statements_each_way(
+    agi_server, carrier, access, caller, monkeypatch
+):
+    """Every statement is a round trip the caller waits for; these are the ones it takes.
+
+    Authorize: the phone with its member, the rate, the balance locked, then the busy count,
+    the hold and the call record at once. Settle: the call, its update, the hold, then the
+    hold, the usage and the balance at once. (Transaction begin and commit come on top.)
+    """
+    from telephony import fastagi
+
+    statements: list[str] = []
+    handle = fastagi.Handler.handle
+
+    def counting(self):
+        def wrapper(execute, sql, params, many, context):
+            statements.append(sql)
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(wrapper):
+            handle(self)
+
+    monkeypatch.setattr(fastagi.Handler, "handle", counting)
+    call(agi_server, uniqueid="warm-up")  # the routes cache fills on the first call
+    settle(agi_server, "warm-up", "ANSWER", 100, 130)
+    for n in range(3):
+        statements.clear()
+        assert call(agi_server, uniqueid=f"count-{n}").variables["AUTH_RESULT"] == "OK"
+        assert len(statements) == 4, statements
+        statements.clear()
+        settle(agi_server, f"count-{n}", "ANSWER", 100, 130)
+        assert len(statements) == 4, statements
+        assert not [s for s in statements if "SAVEPOINT" in s]
+    assert CallRecord.objects.filter(state=CallState.SETTLED).count() == 4

@@ -7,6 +7,7 @@ the rate chosen when the call began, and frees the rest. Both are safe to repeat
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -728,6 +729,10 @@ def call_authorize(
         return _refuse(uniqueid, f"no rate for {e164}", "custom/no-rate", **base)
     trunk, deck, rate = choice
     try:
+        if _with_function():
+            decision = _hold_at_once(uniqueid, member, plan, trunk, deck, rate, e164, base)
+            if decision is not None:
+                return decision
         with transaction.atomic():
             decision = _hold_and_record(uniqueid, member, plan, trunk, deck, rate, e164, base)
     except IntegrityError:
@@ -773,22 +778,9 @@ def _hold_and_record(
         initial=rate.initial_seconds,
         increment=rate.increment_seconds,
     )
-    key = f"call:{uniqueid}"
+    call = _call_record(uniqueid, seconds, trunk, deck, rate, base)
+    key = call.hold_key
     expires_at = timezone.now() + timedelta(seconds=seconds) + HOLD_MARGIN
-    call = CallRecord(
-        uniqueid=uniqueid,
-        state=CallState.AUTHORIZED,
-        limit_seconds=seconds,
-        deck=deck,
-        rate=rate,
-        per_minute=rate.per_minute,
-        connect_fee=rate.connect_fee,
-        initial_seconds=rate.initial_seconds,
-        increment_seconds=rate.increment_seconds,
-        trunk=trunk,
-        hold_key=key,
-        **base,
-    )
     pays = amount > 0 and seconds > 0
     one_statement = _in_one_statement()
     if one_statement and pays:
@@ -827,6 +819,115 @@ def _hold_and_record(
         return _refuse(uniqueid, "credit taken by other calls", "custom/no-credit", **base)
     call.save(force_insert=True)
     return _authorized(call, e164, trunk)
+
+
+def _call_record(
+    uniqueid: str,
+    seconds: int,
+    trunk: Trunk,
+    deck: RateDeck | None,
+    rate: Rate,
+    base: dict[str, Any],
+) -> CallRecord:
+    """The record of an authorized call, not saved yet: the rate as applied goes with it."""
+    return CallRecord(
+        uniqueid=uniqueid,
+        state=CallState.AUTHORIZED,
+        limit_seconds=seconds,
+        deck=deck,
+        rate=rate,
+        per_minute=rate.per_minute,
+        connect_fee=rate.connect_fee,
+        initial_seconds=rate.initial_seconds,
+        increment_seconds=rate.increment_seconds,
+        trunk=trunk,
+        hold_key=f"call:{uniqueid}",
+        **base,
+    )
+
+
+_HOLD_AT_ONCE = """
+    WITH hold AS MATERIALIZED (
+        SELECT * FROM telephony_call_hold(
+            %(member)s::bigint, %(amount)s::numeric, %(max_concurrent)s::integer,
+            %(key)s::text, %(service)s::text, %(expires)s::timestamptz)
+    ), call AS (
+        INSERT INTO telephony_callrecord ({columns})
+        SELECT {values} FROM hold WHERE outcome = 'held'
+        RETURNING id
+    )
+    SELECT (SELECT outcome FROM hold), (SELECT busy FROM hold), (SELECT id FROM call)"""
+
+
+def _hold_at_once(
+    uniqueid: str,
+    member: User,
+    plan: CallPlan,
+    trunk: Trunk,
+    deck: RateDeck | None,
+    rate: Rate,
+    e164: str,
+    base: dict[str, Any],
+) -> Decision | None:
+    """PostgreSQL, the usual call setup: hold the whole per-call cap, in one round trip.
+
+    The function telephony_call_hold (see its migration) locks the balance, counts the calls
+    in progress and takes the hold; the same statement records the call. When the available
+    credit is less than the cap, nothing is changed and None says so: the transaction of
+    _hold_and_record then holds what there is. Autocommit: the statement is its own
+    transaction (no BEGIN and COMMIT to wait for). A uniqueid or hold key used before
+    raises IntegrityError, and the statement left no trace.
+    """
+    amount = plan.per_call_cap.quantize(rating.EXACT)
+    seconds = rating.affordable_seconds(
+        hold=amount,
+        per_minute=rate.per_minute,
+        connect_fee=rate.connect_fee,
+        initial=rate.initial_seconds,
+        increment=rate.increment_seconds,
+    )
+    if amount <= 0 or seconds <= 0:
+        return None
+    call = _call_record(uniqueid, seconds, trunk, deck, rate, base)
+    if not SOURCE_KEY.match(call.hold_key):
+        raise LedgerError(f"hold key {call.hold_key!r} does not match {SOURCE_KEY.pattern}")
+    fields = [f for f in CallRecord._meta.concrete_fields if not f.primary_key]
+    params: dict[str, Any] = {
+        f"c{n}": f.get_db_prep_save(getattr(call, f.attname), connection)
+        for n, f in enumerate(fields)
+    }
+    params.update(
+        member=member.pk,
+        amount=money(amount, "hold amount", positive=True),
+        max_concurrent=plan.max_concurrent,
+        key=call.hold_key,
+        service=Service.CALLS,
+        expires=timezone.now() + timedelta(seconds=seconds) + HOLD_MARGIN,
+    )
+    sql = _HOLD_AT_ONCE.format(
+        columns=", ".join(connection.ops.quote_name(f.column or f.attname) for f in fields),
+        values=", ".join(f"%(c{n})s" for n in range(len(fields))),
+    )
+    # Inside a caller's transaction, a savepoint keeps a used uniqueid from spoiling it.
+    guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    with guard, connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        outcome, busy, call_id = cursor.fetchone()
+    if outcome == "busy":
+        return _refuse(
+            uniqueid, f"{busy} calls already in progress", "custom/too-many-calls", **base
+        )
+    if call_id is None:
+        return None
+    call.pk = call_id
+    call._state.adding = False
+    call._state.db = connection.alias
+    return _authorized(call, e164, trunk)
+
+
+def _with_function() -> bool:
+    """Whether the usual call setup is one round trip (PostgreSQL's telephony_call_hold)."""
+    return connection.vendor == "postgresql"
 
 
 def _in_one_statement() -> bool:

@@ -9,6 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from panel.models import CreditHold, MemberBalance, UsageEvent
+from panel.services import ledger
 from telephony import asterisk_sim, services
 from telephony.models import CallPlan, CallRecord, CallState, Phone
 
@@ -186,15 +187,23 @@ def test_the_server_keeps_its_database_connections(
     assert len(opened) <= 16
 
 
-def test_a_call_setup_takes_four_statements_each_way(
-    agi_server, carrier, access, caller, monkeypatch
+def test_a_call_setup_takes_three_statements_and_settling_four(
+    agi_server, carrier, access, caller, alice, monkeypatch
 ):
     """Every statement is a round trip the caller waits for; these are the ones it takes.
 
-    Authorize: the phone with its member, the rate, the balance locked, then the busy count,
-    the hold and the call record at once. Settle: the call, its update, the hold, then the
-    hold, the usage and the balance at once. (Transaction begin and commit come on top.)
+    Authorize: the phone with its member, the rate, then the hold (telephony_call_hold) and
+    the call record at once, as its own transaction. Settle: the call, its update, the hold,
+    then the hold, the usage and the balance at once (begin and commit come on top).
     """
+    ledger.payment_record(
+        actor=None,
+        member=alice,
+        amount=Decimal("100.00"),
+        received_on=timezone.localdate(),
+        reference="more than the per-call cap",
+        source_key="alice-more",
+    )
     from telephony import fastagi
 
     statements: list[str] = []
@@ -214,7 +223,7 @@ def test_a_call_setup_takes_four_statements_each_way(
     for n in range(3):
         statements.clear()
         assert call(agi_server, uniqueid=f"count-{n}").variables["AUTH_RESULT"] == "OK"
-        assert len(statements) == 4, statements
+        assert len(statements) == 3, statements
         statements.clear()
         settle(agi_server, f"count-{n}", "ANSWER", 100, 130)
         assert len(statements) == 4, statements

@@ -1,8 +1,10 @@
-"""Hypothesis: a call setup decides and writes the same in one statement and step by step.
+"""Hypothesis: a call setup decides and writes the same whichever way it goes.
 
-On PostgreSQL the busy count, the credit hold and the call record are one statement; SQLite
-(the demo) goes step by step through credit_hold. Two members in the same situation, one
-through each path, must get the same decision, the same call record, hold and balance.
+On PostgreSQL the usual setup is one round trip (telephony_call_hold and the call record);
+with less credit than the per-call cap it is a transaction (the balance locked, then the busy
+count, the hold and the record in one statement); SQLite (the demo) goes step by step through
+credit_hold. Members in the same situation, one through each path, must get the same
+decision, the same call record, hold and balance.
 """
 
 from __future__ import annotations
@@ -84,8 +86,11 @@ class SetupPaths(TestCase):
         member.refresh_from_db()
         return member
 
-    def setup_call(self, member, access, *, one_statement):
-        with mock.patch.object(services, "_in_one_statement", return_value=one_statement):
+    def setup_call(self, member, access, *, mode):
+        with (
+            mock.patch.object(services, "_with_function", return_value=mode == "function"),
+            mock.patch.object(services, "_in_one_statement", return_value=mode != "steps"),
+        ):
             decision = services.call_authorize(
                 uniqueid=f"call-{member.pk}",
                 member=member,
@@ -120,10 +125,11 @@ class SetupPaths(TestCase):
     def test_both_paths_decide_and_write_the_same(self, credit, cap, max_concurrent, busy, rule):
         access = self.world(rule)
         situation = {"credit": credit, "cap": cap, "max_concurrent": max_concurrent, "busy": busy}
-        first, second = self.member("one", **situation), self.member("steps", **situation)
-        one = self.setup_call(first, access, one_statement=True)
-        steps = self.setup_call(second, access, one_statement=False)
-        assert one == steps
-        # Asked again for the same call, each path gives its first answer, writing nothing.
-        assert self.setup_call(first, access, one_statement=True) == one
-        assert self.setup_call(second, access, one_statement=False) == steps
+        results = {}
+        for mode in ("function", "statement", "steps"):
+            member = self.member(mode, **situation)
+            results[mode] = self.setup_call(member, access, mode=mode)
+            # Asked again for the same call, each path gives its first answer, writing nothing.
+            assert self.setup_call(member, access, mode=mode) == results[mode]
+        assert results["function"] == results["steps"]
+        assert results["statement"] == results["steps"]

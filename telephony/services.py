@@ -425,6 +425,12 @@ def deck_import(*, deck_id: int) -> RateDeck:
         RateDeck.objects.filter(pk=deck.pk).update(
             state=DeckState.READY, rows_done=len(rows), content=None
         )
+    if connection.vendor == "postgresql":
+        # Fresh statistics for the planner: with none, it took the new deck for a few rows
+        # and found the longest prefix by filtering all of them (2 ms per call setup at
+        # 20,000 rates, 20 ms at 200,000) instead of probing the (deck, prefix) index.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE telephony_rate")
     deck.refresh_from_db()
     return deck
 

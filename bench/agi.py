@@ -3,7 +3,28 @@
 Creates a throw-away PostgreSQL database, imports a 200,000-prefix deck (timed), makes members
 with verified phones and credit, starts ``manage.py fastagi`` as its own process, and drives
 it with simulated Asterisk connections (the caller keys in at once): authorize, then settle.
-Prints `name: value` lines; latencies are of the whole authorize session.
+Latencies are of the whole authorize session, from connecting to Asterisk's closing HANGUP.
+Two phases, one line per figure:
+
+- Saturation (closed loop): ``clients`` threads each run authorize then settle, back to back,
+  as fast as the server answers. ``setups_per_s`` (also ``saturation_setups_per_s``) is the
+  throughput of one server process; the ``saturation_authorize_*`` latencies are mostly
+  queueing (latency ≈ clients / throughput), they say little about the server.
+- Offered load (open loop): calls arrive at ``offered_setups_per_s`` (100/s, the target),
+  evenly spaced, whether or not earlier ones are done; each is its own Asterisk connection
+  for authorize, then, after a simulated call of ``call_s`` seconds, another for settle, so
+  about rate times call_s calls are in progress at once. ``authorize_p50_ms`` and
+  ``authorize_p99_ms`` are this phase's, measured from when each call was due (a late start
+  counts against the server, no coordinated omission). ``offered_achieved_setups_per_s``
+  says whether the server kept up. On this machine (a shared 2-core VM) a lower rate gives
+  higher latencies, not lower: between calls the CPUs idle, and waking them costs time on
+  every round trip. Run it a few times and take the median; 300 calls (--quick) make a
+  noisy p99.
+
+``server_cpu_ms_per_setup`` is the server process's CPU time (Linux /proc) per setup in the
+saturation phase. The client runs on the same machine and takes CPU from the server and
+PostgreSQL; real Asterisk would not. ``BENCH_CLIENTS``, ``BENCH_RATE`` and ``BENCH_CALL_S``
+override the defaults; ``BENCH_WRAP`` prefixes the server's command (e.g. a profiler).
 
     .venv/bin/python bench/agi.py [--quick]
 """
@@ -20,6 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +55,8 @@ def main() -> None:
     args = parser.parse_args()
     prefixes, calls, clients = (20_000, 300, 8) if args.quick else (200_000, 3000, 16)
     clients = int(os.environ.get("BENCH_CLIENTS", clients))
+    rate = float(os.environ.get("BENCH_RATE", 100))
+    call_s = float(os.environ.get("BENCH_CALL_S", 1.0))
 
     import psycopg
 
@@ -43,7 +67,7 @@ def main() -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        run(admin.rsplit("/", 1)[0] + f"/{name}", prefixes, calls, clients)
+        run(admin.rsplit("/", 1)[0] + f"/{name}", prefixes, calls, clients, rate, call_s)
     finally:
         from django.db import connections
 
@@ -52,7 +76,9 @@ def main() -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def run(database_url: str, prefixes: int, calls: int, clients: int) -> None:
+def run(
+    database_url: str, prefixes: int, calls: int, clients: int, rate: float, call_s: float
+) -> None:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -75,7 +101,7 @@ def run(database_url: str, prefixes: int, calls: int, clients: int) -> None:
 
     from panel.models import Membership, Supplier, User
     from panel.services import ledger
-    from telephony import asterisk_sim, services
+    from telephony import services
     from telephony.models import AccessNumber, CallPlan, Carrier, Phone, Trunk
 
     call_command("migrate", verbosity=0)
@@ -103,7 +129,8 @@ def run(database_url: str, prefixes: int, calls: int, clients: int) -> None:
     deck_seconds = time.perf_counter() - began
     access = AccessNumber.objects.create(number="+4930900900", city="Berlin", country="DE")
     members = []
-    for n in range(clients):
+    # Enough members that the open loop's calls in progress stay within 4 each.
+    for n in range(max(clients, int(rate * (call_s + 1)) // 2 + 1)):
         user = User.objects.create_user(email=f"caller{n}@bench.coop", password=None)
         Membership.objects.create(user=user, status="member", name=user.email)
         phone = Phone.objects.create(
@@ -126,6 +153,7 @@ def run(database_url: str, prefixes: int, calls: int, clients: int) -> None:
         port = probe.getsockname()[1]
     server = subprocess.Popen(  # noqa: S603  (our own manage.py, fixed arguments)
         [
+            *os.environ.get("BENCH_WRAP", "").split(),
             sys.executable,
             *(
                 ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
@@ -154,64 +182,151 @@ def run(database_url: str, prefixes: int, calls: int, clients: int) -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("the FastAGI server did not start") from None
                 time.sleep(0.1)
-        latencies: list[float] = []
-        refused = 0
-        lock = threading.Lock()
-        per_client = calls // clients
-
-        def client(n: int) -> None:
-            nonlocal refused
-            for k in range(per_client):
-                uniqueid = f"bench-{n}-{k}"
-                started = time.perf_counter()
-                done = asterisk_sim.run(
-                    asterisk_sim.Call(
-                        uniqueid=uniqueid,
-                        caller=members[n],
-                        access=access.number,
-                        args=[access.number],
-                        dtmf=[f"030{(n * 7919 + k) % 10_000_000:07d}"],
-                    ),
-                    "127.0.0.1",
-                    port,
-                )
-                elapsed = (time.perf_counter() - started) * 1000
-                asterisk_sim.run(
-                    asterisk_sim.Call(
-                        uniqueid=uniqueid,
-                        caller="",
-                        access="",
-                        script="settle",
-                        args=["ANSWER", "100", "130"],
-                    ),
-                    "127.0.0.1",
-                    port,
-                )
-                with lock:
-                    latencies.append(elapsed)
-                    refused += done.variables.get("AUTH_RESULT") != "OK"
-
-        began = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - began
+        saturation = closed_loop(port, access.number, members[:clients], calls, server.pid)
+        setups = len(saturation.latencies)
+        cpu = saturation.server_cpu(server.pid)
+        offered = open_loop(port, access.number, members, calls, rate, call_s)
     finally:
         server.send_signal(2)  # SIGINT: the server stops cleanly (and a profiler writes out)
         try:
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
-    latencies.sort()
-    print(f"setups_per_s: {len(latencies) / wall:.0f}")
-    print(f"authorize_p50_ms: {statistics.median(latencies):.2f}")
-    print(f"authorize_p99_ms: {latencies[int(len(latencies) * 0.99) - 1]:.2f}")
+    print(f"setups_per_s: {setups / saturation.wall:.0f}")
+    print(f"authorize_p50_ms: {offered.percentile(50):.2f}")
+    print(f"authorize_p99_ms: {offered.percentile(99):.2f}")
     print(f"deck_import_s: {deck_seconds:.1f}")
-    print(f"calls: {len(latencies)}")
-    print(f"refused: {refused}")
+    print(f"offered_setups_per_s: {rate:.0f}")
+    print(f"offered_authorize_p90_ms: {offered.percentile(90):.2f}")
+    print(f"offered_achieved_setups_per_s: {len(offered.latencies) / offered.wall:.0f}")
+    print(f"offered_call_s: {call_s}")
+    print(f"offered_calls: {len(offered.latencies)}")
+    print(f"offered_refused: {offered.refused}")
+    print(f"saturation_setups_per_s: {setups / saturation.wall:.0f}")
+    print(f"saturation_clients: {clients}")
+    print(f"saturation_authorize_p50_ms: {saturation.percentile(50):.2f}")
+    print(f"saturation_authorize_p99_ms: {saturation.percentile(99):.2f}")
+    print(f"saturation_calls: {setups}")
+    print(f"saturation_refused: {saturation.refused}")
+    if cpu is not None:
+        print(f"server_cpu_ms_per_setup: {cpu * 1000 / setups:.2f}")
     print(f"deck_prefixes: {prefixes}")
+
+
+class Phase:
+    """Latencies (ms) of the authorize sessions of one phase, refusals, and its wall time."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.refused = 0
+        self.wall = 0.0
+        self.lock = threading.Lock()
+        self.cpu_before: float | None = None
+
+    def add(self, elapsed_ms: float, done: object) -> None:
+        with self.lock:
+            self.latencies.append(elapsed_ms)
+            self.refused += getattr(done, "variables", {}).get("AUTH_RESULT") != "OK"
+
+    def percentile(self, p: int) -> float:
+        ordered = sorted(self.latencies)
+        if p == 50:
+            return statistics.median(ordered)
+        return ordered[max(0, int(len(ordered) * p / 100) - 1)]
+
+    def server_cpu(self, pid: int) -> float | None:
+        """CPU seconds the server used since ``cpu_before`` was taken (None off Linux)."""
+        now = _cpu_seconds(pid)
+        if now is None or self.cpu_before is None:
+            return None
+        return now - self.cpu_before
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _authorize(port: int, access: str, caller: str, uniqueid: str, n: int) -> object:
+    from telephony import asterisk_sim
+
+    return asterisk_sim.run(
+        asterisk_sim.Call(
+            uniqueid=uniqueid,
+            caller=caller,
+            access=access,
+            args=[access],
+            dtmf=[f"030{(n * 7919) % 10_000_000:07d}"],
+        ),
+        "127.0.0.1",
+        port,
+    )
+
+
+def _settle(port: int, uniqueid: str) -> None:
+    from telephony import asterisk_sim
+
+    asterisk_sim.run(
+        asterisk_sim.Call(
+            uniqueid=uniqueid,
+            caller="",
+            access="",
+            script="settle",
+            args=["ANSWER", "100", "130"],
+        ),
+        "127.0.0.1",
+        port,
+    )
+
+
+def closed_loop(port: int, access: str, members: list[str], calls: int, server_pid: int) -> Phase:
+    """Each client: authorize, settle, again, as fast as the server answers."""
+    phase = Phase()
+    per_client = calls // len(members)
+
+    def client(n: int) -> None:
+        for k in range(per_client):
+            uniqueid = f"bench-{n}-{k}"
+            started = time.perf_counter()
+            done = _authorize(port, access, members[n], uniqueid, n * per_client + k)
+            phase.add((time.perf_counter() - started) * 1000, done)
+            _settle(port, uniqueid)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(len(members))]
+    phase.cpu_before = _cpu_seconds(server_pid)
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    phase.wall = time.perf_counter() - began
+    return phase
+
+
+def open_loop(
+    port: int, access: str, members: list[str], calls: int, rate: float, call_s: float
+) -> Phase:
+    """Calls due every 1/rate seconds, each its own authorize and, call_s later, settle."""
+    phase = Phase()
+    began = time.perf_counter() + 0.2
+
+    def one(i: int) -> None:
+        due = began + i / rate
+        time.sleep(max(0.0, due - time.perf_counter()))
+        uniqueid = f"open-{i}"
+        done = _authorize(port, access, members[i % len(members)], uniqueid, i)
+        phase.add((time.perf_counter() - due) * 1000, done)
+        time.sleep(call_s)
+        _settle(port, uniqueid)
+
+    # A thread per call in progress (and some to spare): none waits for a free one.
+    with ThreadPoolExecutor(max_workers=int(rate * (call_s + 1)) + 32) as pool:
+        list(pool.map(one, range(calls)))
+    phase.wall = time.perf_counter() - began - call_s
+    return phase
 
 
 if __name__ == "__main__":

@@ -176,6 +176,18 @@ def settle(session: Session) -> str:
 ROUTES = {"authorize": authorize, "settle": settle}
 
 
+def _keep_connection() -> None:
+    """Make this pool thread keep its database connection from one session to the next.
+
+    ``CONN_MAX_AGE = 0``, Django's default and right for web requests, closes the connection
+    after every request, so each call setup would open a new one: a few milliseconds of a
+    budget of ten, and a PostgreSQL backend started per call. A configured age still applies.
+    A connection that failed is still replaced (``close_old_connections`` checks it).
+    """
+    if connection.settings_dict.get("CONN_MAX_AGE") == 0:
+        connection.settings_dict = {**connection.settings_dict, "CONN_MAX_AGE": None}
+
+
 class Handler(socketserver.StreamRequestHandler):
     server: Server
 
@@ -232,7 +244,9 @@ class Server(socketserver.TCPServer):
         self.outcomes: list[str] = []
         self.slots = threading.BoundedSemaphore(max_sessions)
         self.pool = ThreadPoolExecutor(
-            max_workers=min(threads, max_sessions), thread_name_prefix="fastagi"
+            max_workers=min(threads, max_sessions),
+            thread_name_prefix="fastagi",
+            initializer=_keep_connection,
         )
         super().__init__(address, Handler)
 

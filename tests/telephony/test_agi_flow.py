@@ -5,11 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from panel.models import CreditHold, MemberBalance, UsageEvent
+from panel.services import ledger
 from telephony import asterisk_sim, services
-from telephony.models import CallRecord, CallState, Phone
+from telephony.models import CallPlan, CallRecord, CallState, Phone
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,6 +58,17 @@ def test_verified_caller_id_goes_out_with_a_limit_from_the_hold(
     assert CreditHold.objects.get(key="call:call-1").amount == Decimal("5")
     # Asterisk ends every FastAGI session with HANGUP; the server takes it calmly.
     assert done.transcript[-1] == ("<<", "HANGUP")
+
+
+def test_authorize_asked_twice_gives_the_first_answer(agi_server, carrier, access, caller, alice):
+    """Even when the first answer used up the credit and the last free call slot."""
+    CallPlan.objects.filter(member=alice).update(max_concurrent=1)
+    first = call(agi_server, uniqueid="twice")
+    again = call(agi_server, uniqueid="twice")
+    assert first.variables["AUTH_RESULT"] == again.variables["AUTH_RESULT"] == "OK"
+    assert first.variables["LIMIT_MS"] == again.variables["LIMIT_MS"]
+    assert CreditHold.objects.filter(member=alice).count() == 1
+    assert MemberBalance.objects.get(member=alice).held == Decimal("5")
 
 
 def test_settle_bills_connected_seconds_once(agi_server, carrier, access, caller, alice):
@@ -151,3 +164,68 @@ def test_long_prompt_before_dial_is_not_billed(agi_server, carrier, access, call
     record = CallRecord.objects.get(uniqueid="call-9")
     assert record.billed_seconds == 4
     assert record.cost == Decimal("0.000533")
+
+
+def test_the_server_keeps_its_database_connections(
+    agi_server, carrier, access, caller, monkeypatch
+):
+    """A new PostgreSQL connection per session would cost more than the session's queries."""
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    opened = []
+    connect = DatabaseWrapper.get_new_connection
+
+    def counting(self, params):
+        opened.append(1)
+        return connect(self, params)
+
+    monkeypatch.setattr(DatabaseWrapper, "get_new_connection", counting)
+    for n in range(40):
+        assert call(agi_server, uniqueid=f"keep-{n}").variables["AUTH_RESULT"] == "OK"
+        settle(agi_server, f"keep-{n}", "ANSWER", 100, 110)
+    # At most one per pool thread (16), not one per session (80).
+    assert len(opened) <= 16
+
+
+def test_a_call_setup_takes_three_statements_and_settling_four(
+    agi_server, carrier, access, caller, alice, monkeypatch
+):
+    """Every statement is a round trip the caller waits for; these are the ones it takes.
+
+    Authorize: the phone with its member, the rate, then the hold (telephony_call_hold) and
+    the call record at once, as its own transaction. Settle: the call, its update, the hold,
+    then the hold, the usage and the balance at once (begin and commit come on top).
+    """
+    ledger.payment_record(
+        actor=None,
+        member=alice,
+        amount=Decimal("100.00"),
+        received_on=timezone.localdate(),
+        reference="more than the per-call cap",
+        source_key="alice-more",
+    )
+    from telephony import fastagi
+
+    statements: list[str] = []
+    handle = fastagi.Handler.handle
+
+    def counting(self):
+        def wrapper(execute, sql, params, many, context):
+            statements.append(sql)
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(wrapper):
+            handle(self)
+
+    monkeypatch.setattr(fastagi.Handler, "handle", counting)
+    call(agi_server, uniqueid="warm-up")  # the routes cache fills on the first call
+    settle(agi_server, "warm-up", "ANSWER", 100, 130)
+    for n in range(3):
+        statements.clear()
+        assert call(agi_server, uniqueid=f"count-{n}").variables["AUTH_RESULT"] == "OK"
+        assert len(statements) == 3, statements
+        statements.clear()
+        settle(agi_server, f"count-{n}", "ANSWER", 100, 130)
+        assert len(statements) == 4, statements
+        assert not [s for s in statements if "SAVEPOINT" in s]
+    assert CallRecord.objects.filter(state=CallState.SETTLED).count() == 4

@@ -4,9 +4,10 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
-from telephony import services
+from telephony import rating, services
 from telephony.models import DeckState, Rate, RateDeck
 
 
@@ -81,3 +82,21 @@ def test_two_hundred_thousand_rows_in_ten_seconds(carrier, carol):
     assert deck.state == DeckState.READY
     assert Rate.objects.filter(deck=deck).count() == 200_000
     assert seconds <= 10, f"{seconds:.1f}s"
+
+
+def test_the_longest_prefix_is_found_through_the_index_after_an_import(carrier, carol):
+    """Without statistics the planner filtered every rate of the new deck on each call."""
+    rows = [b"prefix,destination,rate,increment,connect_fee"]
+    rows += [b"%d,Berlin %d,0.01,60/60,0" % (4930000 + n, n) for n in range(20_000)]
+    deck = upload(carrier, carol, b"\n".join(rows) + b"\n")
+    assert deck.state == DeckState.READY
+    keys = rating.prefixes("+49301234567")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "EXPLAIN " + services._LONGEST_PREFIX, [deck.pk, *keys, *keys[-1:] * (15 - len(keys))]
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "rate_prefix_unique" in plan, plan
+    found = services.rate_for(deck, "+49301234567")
+    assert found is not None
+    assert found.prefix == "4930123"

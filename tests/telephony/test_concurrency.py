@@ -79,29 +79,33 @@ def test_fifty_concurrent_authorizations_never_exceed_the_credit(
     assert balance.held == 0
 
 
-def test_concurrent_setups_never_exceed_max_concurrent(agi_server, carrier, access, alice):
-    """The count of calls in progress is taken after the member's setups took turns."""
-    phone = services.phone_add(member=alice, number="+49 151 11113333")
+def _funded_phone(member, number: str, amount: str, reference: str) -> Phone:
+    phone = services.phone_add(member=member, number=number)
     Phone.objects.filter(pk=phone.pk).update(verified_at=timezone.now())
     ledger.payment_record(
         actor=None,
-        member=alice,
-        amount=Decimal("100.00"),
+        member=member,
+        amount=Decimal(amount),
         received_on=timezone.localdate(),
-        reference="plenty",
-        source_key="plenty",
+        reference=reference,
+        source_key=reference,
     )
-    CallPlan.objects.filter(member=alice).update(max_concurrent=2, per_call_cap=Decimal("1.00"))
+    phone.refresh_from_db()
+    return phone
+
+
+def _dial_at_once(agi_server, access, phone: Phone, prefix: str, n: int = 30) -> list:
+    """n call setups released together by a barrier; the simulated calls as they ended."""
     host, port = agi_server
     results: list[asterisk_sim.Call] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(30)
+    barrier = threading.Barrier(n)
 
-    def dial(n: int) -> None:
+    def dial(i: int) -> None:
         barrier.wait()
         done = asterisk_sim.run(
             asterisk_sim.Call(
-                uniqueid=f"m{n}",
+                uniqueid=f"{prefix}{i}",
                 caller=phone.number,
                 access=access.number,
                 args=[access.number],
@@ -113,12 +117,20 @@ def test_concurrent_setups_never_exceed_max_concurrent(agi_server, carrier, acce
         with lock:
             results.append(done)
 
-    threads = [threading.Thread(target=dial, args=(n,)) for n in range(30)]
+    threads = [threading.Thread(target=dial, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert len(results) == 30
+    assert len(results) == n
+    return results
+
+
+def test_concurrent_setups_never_exceed_max_concurrent(agi_server, carrier, access, alice):
+    """The count of calls in progress is taken after the member's setups took turns."""
+    phone = _funded_phone(alice, "+49 151 11113333", "100.00", "plenty")
+    CallPlan.objects.filter(member=alice).update(max_concurrent=2, per_call_cap=Decimal("1.00"))
+    results = _dial_at_once(agi_server, access, phone, "m")
     authorized = [r for r in results if r.variables.get("AUTH_RESULT") == "OK"]
     assert len(authorized) == 2
     assert CallRecord.objects.filter(state=CallState.AUTHORIZED).count() == 2
@@ -126,44 +138,9 @@ def test_concurrent_setups_never_exceed_max_concurrent(agi_server, carrier, acce
 
 def test_concurrent_setups_hold_whole_caps_then_the_rest(agi_server, carrier, access, alice):
     """Thirty at once on 3.50 with a cap of 1.00: three whole caps, one of 0.50, no more."""
-    phone = services.phone_add(member=alice, number="+49 151 11114444")
-    Phone.objects.filter(pk=phone.pk).update(verified_at=timezone.now())
-    ledger.payment_record(
-        actor=None,
-        member=alice,
-        amount=Decimal("3.50"),
-        received_on=timezone.localdate(),
-        reference="three and a half",
-        source_key="three-and-a-half",
-    )
+    phone = _funded_phone(alice, "+49 151 11114444", "3.50", "three-and-a-half")
     CallPlan.objects.filter(member=alice).update(max_concurrent=50, per_call_cap=Decimal("1.00"))
-    host, port = agi_server
-    results: list[asterisk_sim.Call] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(30)
-
-    def dial(n: int) -> None:
-        barrier.wait()
-        done = asterisk_sim.run(
-            asterisk_sim.Call(
-                uniqueid=f"h{n}",
-                caller=phone.number,
-                access=access.number,
-                args=[access.number],
-                dtmf=["0401234567"],
-            ),
-            host,
-            port,
-        )
-        with lock:
-            results.append(done)
-
-    threads = [threading.Thread(target=dial, args=(n,)) for n in range(30)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(results) == 30
+    results = _dial_at_once(agi_server, access, phone, "h")
     authorized = [r for r in results if r.variables.get("AUTH_RESULT") == "OK"]
     assert len(authorized) == 4
     holds = sorted(CreditHold.objects.filter(member=alice).values_list("amount", flat=True))

@@ -78,20 +78,21 @@ def deploy_key(tmp_path_factory: pytest.TempPathFactory) -> DeployKey:
     return DeployKey(private, (directory / "id_ed25519.pub").read_text().strip())
 
 
-def start_bare_host(workdir: Path, key: DeployKey) -> TestHost:
+def start_bare_host(workdir: Path, root_public_key: str) -> TestHost:
+    """A bare host (sshd only) whose root accepts ``root_public_key``."""
     host = TestHost(
         rootfs=ensure_rootfs(),
         workdir=workdir,
         panel_public_key="",
         bare=True,
-        root_public_key=key.public,
+        root_public_key=root_public_key,
     )
     return host.start()
 
 
 @pytest.fixture
 def bare_host(tmp_path: Path, deploy_key: DeployKey) -> Iterator[TestHost]:
-    host = start_bare_host(tmp_path / "host", deploy_key)
+    host = start_bare_host(tmp_path / "host", deploy_key.public)
     try:
         yield host
     finally:

@@ -65,7 +65,7 @@ def role_vars(host: hosts.TestHost) -> dict[str, Any]:
 def deployed(tmp_path_factory: pytest.TempPathFactory, deploy_key: DeployKey) -> Iterator[Deployed]:
     """A bare host (the `bare_host` fixture's kind, kept for the module), deployed twice."""
     workdir = tmp_path_factory.mktemp("hosting-node")
-    host = start_bare_host(workdir / "host", deploy_key)
+    host = start_bare_host(workdir / "host", deploy_key.public)
     try:
         extra_vars = role_vars(host)
 

@@ -200,7 +200,7 @@ def deployed(
 ) -> Iterator[Deployment]:
     """A bare host that panel.yml ran against once, with free ports for everything it serves."""
     workdir = tmp_path_factory.mktemp("panel-role")
-    host = start_bare_host(workdir / "host", deploy_key)
+    host = start_bare_host(workdir / "host", deploy_key.public)
     try:
         ports = {
             name: free_port()

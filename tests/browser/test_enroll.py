@@ -25,10 +25,9 @@ from provisioning.models import (
     NodeKind,
     NodeStatus,
 )
-from tests.ansible.fixtures import ANSIBLE
+from tests.ansible.fixtures import ANSIBLE, start_bare_host
 from tests.factories import PASSWORD
 from tests.hosts import testhost as hosts
-from tests.hosts.rootfs import ensure_rootfs
 
 pytestmark = [
     pytest.mark.browser,
@@ -45,14 +44,7 @@ ENROLL_BUDGET_S = 180.0
 def fresh_server(tmp_path: Path) -> Iterator[hosts.TestHost]:
     """A bare host whose root accepts the panel's key."""
     ssh.ensure_panel_key()
-    host = hosts.TestHost(
-        rootfs=ensure_rootfs(),
-        workdir=tmp_path / "host",
-        panel_public_key="",
-        bare=True,
-        root_public_key=ssh.panel_public_key(),
-    )
-    host.start()
+    host = start_bare_host(tmp_path / "host", ssh.panel_public_key())
     try:
         yield host
     finally:

@@ -23,6 +23,7 @@ from typing import IO, Any
 from asterisk import agi as pyst2
 
 CODE = re.compile(r"^(\d{3})[ -]?(.*)$")
+PLAIN = re.compile(r"[A-Za-z0-9/@.:+_-]{0,200}")
 KEY_VALUE = re.compile(r"(?P<key>\w+)=(?P<value>\S*)\s*(?:\((?P<data>.*?)\))?")
 
 
@@ -148,6 +149,17 @@ class Session(pyst2.AGI):
         if not re.fullmatch(r"[A-Z_][A-Z0-9_]{0,40}", name) or '"' in value or "\n" in value:
             raise AgiError(f"refusing to set {name}={value!r}", permanent=True)
         self.set_variable(name, value)
+
+    def set_many(self, values: dict[str, str]) -> None:
+        """Set several variables with one command, Asterisk's MSet application.
+
+        MSet splits on commas and equals signs and strips quotes, so only plain values are
+        accepted (dial strings, numbers, words).
+        """
+        for name, value in values.items():
+            if not re.fullmatch(r"[A-Z_][A-Z0-9_]{0,40}", name) or not PLAIN.fullmatch(value):
+                raise AgiError(f"refusing to set {name}={value!r}", permanent=True)
+        self.exec_command("MSet", *(f"{name}={value}" for name, value in values.items()))
 
     def get(self, name: str) -> str:
         value, data = self.result_of("GET VARIABLE", self._quote(name))

@@ -51,8 +51,7 @@ def authorize(session: Session) -> str:
     access = services.access_number(env.get("agi_arg_1", ""))
     if access is None:
         return _refusal(session, uniqueid, "unknown access number", "custom/unknown-access")
-    session.answer()
-    member = None
+    member = None  # the dialplan answered the call before it asked us
     phone = services.identify(caller)
     if phone is not None and phone.verified_at is not None:
         member = phone.member
@@ -120,11 +119,15 @@ def authorize(session: Session) -> str:
         session.set("AUTH_RESULT", "REFUSED")
         session.set("AUTH_REASON", decision.reason[:80].replace('"', "'"))
         return f"refused: {decision.reason}"
-    for n, dial in enumerate(decision.dial_strings, start=1):
-        session.set(f"DIAL_STRING_{n}", dial)
-    session.set("DIAL_COUNT", str(len(decision.dial_strings)))
-    session.set("LIMIT_MS", str(decision.limit_seconds * 1000))
-    session.set("AUTH_RESULT", "OK")
+    # One command for all of them: each command is a round trip the caller waits for.
+    session.set_many(
+        {
+            **{f"DIAL_STRING_{n}": dial for n, dial in enumerate(decision.dial_strings, start=1)},
+            "DIAL_COUNT": str(len(decision.dial_strings)),
+            "LIMIT_MS": str(decision.limit_seconds * 1000),
+            "AUTH_RESULT": "OK",
+        }
+    )
     destination = decision.call.destination if decision.call else ""
     return f"authorized {destination} for {decision.limit_seconds}s"
 

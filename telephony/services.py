@@ -26,6 +26,7 @@ from django.db.models import Max, Model
 from django.utils import timezone
 
 from panel.audit import audit_record
+from panel.db import bound_cursor
 from panel.models import Membership, MembershipStatus, Service, User
 from panel.services import (
     InsufficientCredit,
@@ -487,11 +488,23 @@ def access_number(number: str) -> AccessNumber | None:
     return cached[1]
 
 
+_RATE_FOR: dict[str, str] = {}
 _LONGEST_PREFIX = """
-    SELECT * FROM telephony_rate
+    SELECT {columns} FROM telephony_rate
     WHERE deck_id = %s
       AND prefix IN (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
     ORDER BY length(prefix) DESC LIMIT 1"""
+
+
+def _rate_for_sql() -> str:
+    """rate_for's statement for this database, built once."""
+    sql = _RATE_FOR.get(connection.vendor)
+    if sql is None:
+        columns = ", ".join(
+            connection.ops.quote_name(f.column or f.attname) for f in Rate._meta.concrete_fields
+        )
+        sql = _RATE_FOR[connection.vendor] = _LONGEST_PREFIX.format(columns=columns)
+    return sql
 
 
 def rate_for(deck: RateDeck, e164: str) -> Rate | None:
@@ -504,8 +517,10 @@ def rate_for(deck: RateDeck, e164: str) -> Rate | None:
     if not keys:
         return None
     # Always 15 keys (the shortest repeated), so that the statement is one constant text.
-    found = Rate.objects.raw(_LONGEST_PREFIX, [deck.pk, *keys, *keys[-1:] * (15 - len(keys))])
-    return next(iter(found), None)
+    with bound_cursor() as cursor:
+        cursor.execute(_rate_for_sql(), [deck.pk, *keys, *keys[-1:] * (15 - len(keys))])
+        row = cursor.fetchone()
+    return None if row is None else _instances([Rate], row)[0]
 
 
 @dataclass
@@ -553,16 +568,16 @@ def identify(caller: str) -> Phone | None:
     if not E164.match(caller or ""):
         return None
     models: list[type[Model]] = [Phone, User, Membership, CallPlan]
-    columns = ", ".join(
-        f"t{n}.{connection.ops.quote_name(f.column or f.attname)}"
-        for n, model in enumerate(models)
-        for f in model._meta.concrete_fields
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {columns} {_PHONE_JOINS}",  # column names from the models
-            [caller],
+    sql = _IDENTIFY.get(connection.vendor)
+    if sql is None:
+        columns = ", ".join(
+            f"t{n}.{connection.ops.quote_name(f.column or f.attname)}"
+            for n, model in enumerate(models)
+            for f in model._meta.concrete_fields
         )
+        sql = _IDENTIFY[connection.vendor] = f"SELECT {columns} {_PHONE_JOINS}"
+    with bound_cursor() as cursor:
+        cursor.execute(sql, [caller])
         row = cursor.fetchone()
     if row is None:
         return None
@@ -575,6 +590,7 @@ def identify(caller: str) -> Phone | None:
     return phone
 
 
+_IDENTIFY: dict[str, str] = {}  # the statement per database vendor, built once
 _PHONE_JOINS = """
     FROM telephony_phone t0
     JOIN panel_user t1 ON t1.id = t0.member_id
@@ -897,11 +913,7 @@ def _hold_at_once(
     call = _call_record(uniqueid, seconds, trunk, deck, rate, base)
     if not SOURCE_KEY.match(call.hold_key):
         raise LedgerError(f"hold key {call.hold_key!r} does not match {SOURCE_KEY.pattern}")
-    fields = [f for f in CallRecord._meta.concrete_fields if not f.primary_key]
-    params: dict[str, Any] = {
-        f"c{n}": f.get_db_prep_save(getattr(call, f.attname), connection)
-        for n, f in enumerate(fields)
-    }
+    sql, params = _with_call_columns(_HOLD_AT_ONCE, call)
     params.update(
         member=member.pk,
         amount=money(amount, "hold amount", positive=True),
@@ -910,13 +922,9 @@ def _hold_at_once(
         service=Service.CALLS,
         expires=timezone.now() + timedelta(seconds=seconds) + HOLD_MARGIN,
     )
-    sql = _HOLD_AT_ONCE.format(
-        columns=", ".join(connection.ops.quote_name(f.column or f.attname) for f in fields),
-        values=", ".join(f"%(c{n})s" for n in range(len(fields))),
-    )
     # Inside a caller's transaction, a savepoint keeps a used uniqueid from spoiling it.
     guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
-    with guard, connection.cursor() as cursor:
+    with guard, bound_cursor() as cursor:
         cursor.execute(sql, params)
         outcome, busy, call_id = cursor.fetchone()
     if outcome == "busy":
@@ -929,6 +937,35 @@ def _hold_at_once(
     call._state.adding = False
     call._state.db = connection.alias
     return _authorized(call, e164, trunk)
+
+
+_CALL_INSERTS: dict[tuple[str, str], str] = {}
+
+
+def _with_call_columns(template: str, call: CallRecord) -> tuple[str, dict[str, Any]]:
+    """A statement that inserts ``call`` (its columns filled in), and the call's values.
+
+    The text is built once per statement and database vendor: on every call setup, building
+    it again took longer than the database took to run it.
+    """
+    if not _CALL_FIELDS:
+        _CALL_FIELDS.extend(f for f in CallRecord._meta.concrete_fields if not f.primary_key)
+    fields = _CALL_FIELDS
+    key = (connection.vendor, template)
+    sql = _CALL_INSERTS.get(key)
+    if sql is None:
+        sql = _CALL_INSERTS[key] = template.format(
+            columns=", ".join(connection.ops.quote_name(f.column or f.attname) for f in fields),
+            values=", ".join(f"%(c{n})s" for n in range(len(fields))),
+        )
+    params = {
+        f"c{n}": f.get_db_prep_save(getattr(call, f.attname), connection)
+        for n, f in enumerate(fields)
+    }
+    return sql, params
+
+
+_CALL_FIELDS: list[Any] = []
 
 
 def _with_function() -> bool:
@@ -988,11 +1025,7 @@ def _hold_and_insert(
     """
     if not SOURCE_KEY.match(call.hold_key):
         raise LedgerError(f"hold key {call.hold_key!r} does not match {SOURCE_KEY.pattern}")
-    fields = [f for f in CallRecord._meta.concrete_fields if not f.primary_key]
-    params: dict[str, Any] = {
-        f"c{n}": f.get_db_prep_save(getattr(call, f.attname), connection)
-        for n, f in enumerate(fields)
-    }
+    sql, params = _with_call_columns(_HOLD_AND_INSERT, call)
     params.update(
         member=call.member_id,
         amount=money(amount, "hold amount", positive=True),
@@ -1000,10 +1033,6 @@ def _hold_and_insert(
         key=call.hold_key,
         service=Service.CALLS,
         expires=expires_at,
-    )
-    sql = _HOLD_AND_INSERT.format(
-        columns=", ".join(connection.ops.quote_name(f.column or f.attname) for f in fields),
-        values=", ".join(f"%(c{n})s" for n in range(len(fields))),
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -1035,8 +1064,7 @@ def call_settle(
     (stored by Dial's U() routine) and the hangup. Asterisk's own ANSWEREDTIME counts from the
     caller's answer, before the prompts, and would overbill.
     """
-    # In SQL of its own, with what the rate label needs: the ORM took longer than the database.
-    call = next(iter(CallRecord.objects.raw(_CALL_TO_SETTLE, [uniqueid])), None)
+    call = _call_to_settle(uniqueid)
     if call is None:
         raise CallRecord.DoesNotExist(f"no call {uniqueid!r}")
     if call.state != CallState.AUTHORIZED:
@@ -1060,8 +1088,20 @@ def call_settle(
         "cost": amount,
         "ended_at": timezone.now(),
     }
+    fields = [f for f in CallRecord._meta.concrete_fields if f.name in changes]
     with transaction.atomic():
-        moved = CallRecord.objects.filter(pk=call.pk, state=CallState.AUTHORIZED).update(**changes)
+        with bound_cursor() as cursor:
+            cursor.execute(
+                "UPDATE telephony_callrecord SET "  # noqa: S608  (column names from the model)
+                + ", ".join(f"{f.column} = %s" for f in fields)
+                + " WHERE id = %s AND state = %s",
+                [
+                    *(f.get_db_prep_save(changes[f.name], connection) for f in fields),
+                    call.pk,
+                    CallState.AUTHORIZED,
+                ],
+            )
+            moved = cursor.rowcount
         if not moved:
             return CallRecord.objects.get(pk=call.pk)
         try:
@@ -1084,12 +1124,35 @@ def call_settle(
 
 
 _CALL_TO_SETTLE = """
-    SELECT c.*, k.name AS deck_carrier, d.version AS deck_version, r.prefix AS rate_prefix
+    SELECT {columns}, k.name, d.version, r.prefix
     FROM telephony_callrecord c
     LEFT JOIN telephony_ratedeck d ON d.id = c.deck_id
     LEFT JOIN telephony_carrier k ON k.id = d.carrier_id
     LEFT JOIN telephony_rate r ON r.id = c.rate_id
     WHERE c.uniqueid = %s"""
+_SETTLE_READS: dict[str, str] = {}
+
+
+def _call_to_settle(uniqueid: str) -> CallRecord | None:
+    """The call, with what its rate label needs (deck_carrier, deck_version, rate_prefix).
+
+    In SQL of its own: on every hangup, the ORM took longer than the database.
+    """
+    sql = _SETTLE_READS.get(connection.vendor)
+    if sql is None:
+        columns = ", ".join(
+            f"c.{connection.ops.quote_name(f.column or f.attname)}"
+            for f in CallRecord._meta.concrete_fields
+        )
+        sql = _SETTLE_READS[connection.vendor] = _CALL_TO_SETTLE.format(columns=columns)
+    with bound_cursor() as cursor:
+        cursor.execute(sql, [uniqueid])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    call: CallRecord = _instances([CallRecord], row[:-3])[0]
+    call.deck_carrier, call.deck_version, call.rate_prefix = row[-3:]  # type: ignore[attr-defined]
+    return call
 
 
 def _rate_label(call: CallRecord, billed: int) -> str:

@@ -22,6 +22,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from panel.audit import audit_record, snapshot
+from panel.db import bound_cursor
 from panel.models import (
     CENTS,
     PURPOSE_TYPE,
@@ -402,9 +403,12 @@ def _rate(event: UsageInput, periods: dict[date, BillingPeriod]) -> RatedUsage:
     )
 
 
+_SERVICES = frozenset(Service.values)  # Service.values builds a new list on every use
+
+
 def _checked(event: UsageInput) -> tuple[Decimal, str, date]:
     """A usage event validated: its amount, payload hash and the month it belongs to."""
-    if event.service not in Service.values:
+    if event.service not in _SERVICES:
         raise LedgerError(f"unknown service {event.service!r}; one of {Service.values}")
     if not KIND.match(event.kind):
         raise LedgerError(f"usage kind {event.kind!r} does not match {KIND.pattern}")
@@ -873,6 +877,15 @@ _SETTLE = """
     SELECT (SELECT count(*) FROM settled), (SELECT count(*) FROM balance)"""
 
 
+_HOLD_ATTNAMES = [f.attname for f in CreditHold._meta.concrete_fields]
+# PostgreSQL's quoting; psycopg returns the types the fields hold.
+_HOLD_BY_KEY = (
+    "SELECT "  # noqa: S608  (column names from the model)
+    + ", ".join(f'"{f.column}"' for f in CreditHold._meta.concrete_fields)
+    + " FROM panel_credithold WHERE key = %s"
+)
+
+
 def _settle_in_one_statement(
     *,
     key: str,
@@ -894,9 +907,10 @@ def _settle_in_one_statement(
     and returns None so that the general path decides.
     """
     # In SQL of its own: the ORM took longer to build the query than the database to answer.
-    hold = next(
-        iter(CreditHold.objects.raw("SELECT * FROM panel_credithold WHERE key = %s", [key])), None
-    )
+    with bound_cursor() as cursor:
+        cursor.execute(_HOLD_BY_KEY, [key])
+        row = cursor.fetchone()
+    hold = None if row is None else CreditHold.from_db(connection.alias, _HOLD_ATTNAMES, row)
     if hold is None or hold.state != HoldState.HELD or amount > hold.amount:
         return None
     now = timezone.now()
@@ -951,7 +965,7 @@ def _settle_in_one_statement(
             )
         )
     # No savepoint: the statement is atomic, and a failure fails the caller's transaction.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), bound_cursor() as cursor:
         cursor.execute(_SETTLE, params)
         settled, balances = cursor.fetchone()
         if not settled:

@@ -150,7 +150,7 @@ def test_no_credit_is_refused(agi_server, carrier, access, alice):
 
 
 def test_hangup_during_the_prompt_leaves_nothing_held(agi_server, carrier, access, caller, alice):
-    done = call(agi_server, dtmf=[], hangup_after_commands=1)
+    done = call(agi_server, dtmf=[], hangup_after_commands=0)
     assert ("<<", "HANGUP") in done.transcript
     assert not CreditHold.objects.exists()
     assert MemberBalance.objects.get(member=alice).held == 0

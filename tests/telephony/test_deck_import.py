@@ -93,7 +93,7 @@ def test_the_longest_prefix_is_found_through_the_index_after_an_import(carrier, 
     keys = rating.prefixes("+49301234567")
     with connection.cursor() as cursor:
         cursor.execute(
-            "EXPLAIN " + services._LONGEST_PREFIX, [deck.pk, *keys, *keys[-1:] * (15 - len(keys))]
+            "EXPLAIN " + services._rate_for_sql(), [deck.pk, *keys, *keys[-1:] * (15 - len(keys))]
         )
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "rate_prefix_unique" in plan, plan

@@ -12,6 +12,7 @@ import contextlib
 import re
 import shlex
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ class Call:
     args: list[str] = field(default_factory=list)
     dtmf: list[str] = field(default_factory=list)  # one entry per GET DATA; "" is a timeout
     hangup_after_commands: int | None = None
+    dtmf_delay_s: float = 0.0  # how long the caller takes over each GET DATA
     variables: dict[str, str] = field(default_factory=dict)
     transcript: list[tuple[str, str]] = field(default_factory=list)
 
@@ -113,6 +115,8 @@ def run(call: Call, host: str = "127.0.0.1", port: int = 4573, *, timeout: float
             ):
                 send("511 Command Not Permitted on a dead channel or intercept routine")
                 continue
+            if call.dtmf_delay_s and verb == "GET" and command.upper().startswith("GET DATA"):
+                time.sleep(call.dtmf_delay_s)
             send(_reply(command, call, digits))
         with contextlib.suppress(OSError):
             send("HANGUP")  # Asterisk's last word, even when the script ended the session

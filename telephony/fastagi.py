@@ -1,24 +1,29 @@
 """The FastAGI server: Asterisk connects for ``/authorize`` before Dial and ``/settle`` after.
 
-pyst2's own fastagi module is Python 2 only, so the socket server is written here: threads,
-a bound on concurrent sessions (over it, a connection is closed at once and the dialplan's
-AGISTATUS says FAILURE), a timeout on every read, Django's database connection closed after
-each session.
+pyst2's own fastagi module is Python 2 only, so the socket server is written here. An
+authorize session lasts as long as the caller takes to key in a number or a PIN: seconds,
+most of it waiting. So each session has a thread of its own (up to ``max_sessions``; over
+that, a connection is closed at once and the dialplan's AGISTATUS says FAILURE), and the
+database work of all sessions runs on a few threads that keep their connections (a
+connection per session would mean hundreds, and opening one costs more than a call's
+queries). Every read has a timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import re
 import socket
 import socketserver
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 
 from panel.models import Membership, MembershipStatus
 from telephony import services
@@ -40,7 +45,29 @@ def _epoch(text: str) -> Decimal | None:
         return None
 
 
-def authorize(session: Session) -> str:
+T = TypeVar("T")
+# Runs a function on one of the database threads and returns what it returned.
+Db = Callable[..., Any]
+
+
+def _caller(number: str, caller: str) -> tuple[AccessNumber | None, Any]:
+    """The access number called and the phone calling (one trip to a database thread)."""
+    access = services.access_number(number)
+    return access, (services.identify(caller) if access is not None else None)
+
+
+def _decide(*, member: Any, known: bool, **call: Any) -> services.Decision | None:
+    """Whether a member in good standing may make this call (None: not a member)."""
+    # Known from the phone lookup when the caller ID identified the member.
+    membership = getattr(member, "membership", None) if known else None
+    if membership is None:
+        membership = Membership.objects.filter(user=member).first()
+    if membership is None or membership.status != MembershipStatus.MEMBER:
+        return None
+    return services.call_authorize(member=member, **call)
+
+
+def authorize(session: Session, db: Db) -> str:
     """Identify the caller, read the destination, decide, and tell the dialplan."""
     env = session.env
     uniqueid = env.get("agi_uniqueid", "")
@@ -48,17 +75,16 @@ def authorize(session: Session) -> str:
         session.set("AUTH_RESULT", "REFUSED")
         return f"refused: bad uniqueid {uniqueid!r}"
     caller = env.get("agi_callerid", "")
-    access = services.access_number(env.get("agi_arg_1", ""))
+    access, phone = db(_caller, env.get("agi_arg_1", ""), caller)
     if access is None:
-        return _refusal(session, uniqueid, "unknown access number", "custom/unknown-access")
+        return _refusal(session, db, uniqueid, "unknown access number", "custom/unknown-access")
     member = None  # the dialplan answered the call before it asked us
-    phone = services.identify(caller)
     if phone is not None and phone.verified_at is not None:
         member = phone.member
     elif phone is not None and phone.verification_code:
         for _ in range(TRIES):
             code = session.read_digits("custom/enter-code", timeout_ms=7000, max_digits=6)
-            if services.verify_phone(phone=phone, code=code):
+            if db(services.verify_phone, phone=phone, code=code):
                 session.stream("custom/phone-verified")
                 member = phone.member
                 break
@@ -69,7 +95,7 @@ def authorize(session: Session) -> str:
                     phone.member,
                     session.read_digits("custom/enter-pin", timeout_ms=7000, max_digits=8),
                 )
-                if services.check_pin(candidate, pin):
+                if db(services.check_pin, candidate, pin):
                     member = candidate
                     break
             else:
@@ -77,43 +103,45 @@ def authorize(session: Session) -> str:
                     "custom/enter-account", timeout_ms=7000, max_digits=12
                 )
                 pin = session.read_digits("custom/enter-pin", timeout_ms=7000, max_digits=8)
-                member = services.member_by_account(account, pin)
+                member = db(services.member_by_account, account, pin)
                 if member is not None:
                     break
             session.stream("custom/pin-wrong")
         if member is None:
             return _refusal(
                 session,
+                db,
                 uniqueid,
                 "caller not identified (PIN)",
                 "custom/goodbye",
                 caller=caller,
                 access=access,
             )
-    # Known from the phone lookup when the caller ID identified the member.
-    membership = (
-        getattr(member, "membership", None) if member == getattr(phone, "member", None) else None
-    )
-    if membership is None:
-        membership = Membership.objects.filter(user=member).first()
-    if membership is None or membership.status != MembershipStatus.MEMBER:
-        return _refusal(
-            session,
-            uniqueid,
-            "not a member in good standing",
-            "custom/goodbye",
-            caller=caller,
-            access=access,
-        )
     digits = ""
     for _ in range(TRIES):
         digits = session.read_digits("custom/enter-number", timeout_ms=7000, max_digits=20)
         if digits.isdigit() and len(digits) >= 3:
             break
         session.stream("custom/invalid-number")
-    decision = services.call_authorize(
-        uniqueid=uniqueid, member=member, caller=caller, access_number=access, digits=digits
+    decision = db(
+        _decide,
+        member=member,
+        known=member == getattr(phone, "member", None),
+        uniqueid=uniqueid,
+        caller=caller,
+        access_number=access,
+        digits=digits,
     )
+    if decision is None:
+        return _refusal(
+            session,
+            db,
+            uniqueid,
+            "not a member in good standing",
+            "custom/goodbye",
+            caller=caller,
+            access=access,
+        )
     if not decision.ok:
         session.stream(decision.prompt or "custom/goodbye")
         session.set("AUTH_RESULT", "REFUSED")
@@ -134,6 +162,7 @@ def authorize(session: Session) -> str:
 
 def _refusal(
     session: Session,
+    db: Db,
     uniqueid: str,
     reason: str,
     prompt: str,
@@ -141,7 +170,8 @@ def _refusal(
     caller: str = "",
     access: AccessNumber | None = None,
 ) -> str:
-    CallRecord.objects.get_or_create(
+    db(
+        CallRecord.objects.get_or_create,
         uniqueid=uniqueid,
         defaults={
             "state": CallState.REFUSED,
@@ -158,14 +188,15 @@ def _refusal(
     return f"refused: {reason}"
 
 
-def settle(session: Session) -> str:
+def settle(session: Session, db: Db) -> str:
     """From the hangup handler: DIALSTATUS, the callee's answer time, the end time."""
     uniqueid = session.env.get("agi_uniqueid", "")
     if not UNIQUEID.match(uniqueid):
         return f"nothing to settle for {uniqueid!r}"
     status = re.sub(r"[^A-Z]", "", session.env.get("agi_arg_1", ""))[:20]
     try:
-        call = services.call_settle(
+        call = db(
+            services.call_settle,
             uniqueid=uniqueid,
             dial_status=status,
             answered_at=_epoch(session.env.get("agi_arg_2", "")),
@@ -180,15 +211,62 @@ ROUTES = {"authorize": authorize, "settle": settle}
 
 
 def _keep_connection() -> None:
-    """Make this pool thread keep its database connection from one session to the next.
+    """Make this database thread keep its connection from one job to the next.
 
     ``CONN_MAX_AGE = 0``, Django's default and right for web requests, closes the connection
-    after every request, so each call setup would open a new one: a few milliseconds of a
-    budget of ten, and a PostgreSQL backend started per call. A configured age still applies.
-    A connection that failed is still replaced (``close_old_connections`` checks it).
+    after every request, so each call setup would open a new one: a few milliseconds, and a
+    PostgreSQL backend started per call. A configured age still applies. A connection that
+    failed is still replaced (``close_old_connections`` checks it).
     """
     if connection.settings_dict.get("CONN_MAX_AGE") == 0:
         connection.settings_dict = {**connection.settings_dict, "CONN_MAX_AGE": None}
+
+
+class Database:
+    """A few threads, each with its own database connection, running the sessions' queries.
+
+    A session thread hands its work over and waits (``run``); the work runs in the thread's
+    connection, one transaction per service call as everywhere else. Closing stops the
+    threads and closes their connections.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple, dict] | None]
+        self.jobs = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._serve, name=f"fastagi-db-{n}", daemon=True)
+            for n in range(threads)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        future: Future[T] = Future()
+        self.jobs.put((future, function, args, kwargs))
+        return future.result()
+
+    def _serve(self) -> None:
+        _keep_connection()
+        try:
+            while (job := self.jobs.get()) is not None:
+                future, function, args, kwargs = job
+                if not future.set_running_or_notify_cancel():
+                    continue
+                close_old_connections()
+                try:
+                    future.set_result(function(*args, **kwargs))
+                except BaseException as exc:
+                    if isinstance(exc, DatabaseError) or connection.in_atomic_block:
+                        connection.close()  # whatever state it is in, the next job starts clean
+                    future.set_exception(exc)
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join(timeout=10)
 
 
 class Handler(socketserver.StreamRequestHandler):
@@ -208,7 +286,7 @@ class Handler(socketserver.StreamRequestHandler):
                 outcome = f"unknown script {script!r}"
                 session.verbose(f"panel: {outcome}", 1)
                 return
-            outcome = route(session)
+            outcome = route(session, self.server.database.run)
         except ChannelGone as exc:
             outcome = f"caller gone: {exc}"
         except AgiError as exc:
@@ -217,19 +295,17 @@ class Handler(socketserver.StreamRequestHandler):
         except Exception:
             log.exception("FastAGI session failed")
             outcome = "error"
-            connection.close()  # whatever state it is in, the next session starts clean
         finally:
             self.server.outcomes.append(outcome)
             del self.server.outcomes[:-1000]
 
 
 class Server(socketserver.TCPServer):
-    """Sessions run on a fixed pool of threads, each keeping its database connection.
+    """A thread per session, up to ``max_sessions``; the database work on ``db_threads``.
 
-    A thread per session would open a database connection per call; at call setup rates
-    that costs more than the call's own queries. When every thread is busy, new sessions
-    wait in the pool's queue up to ``max_sessions`` more; beyond that they are closed at once
-    (Asterisk's AGISTATUS is FAILURE and the dialplan hangs up politely).
+    Beyond ``max_sessions`` a new connection is closed at once (Asterisk's AGISTATUS is
+    FAILURE and the dialplan hangs up politely). Session threads are kept and reused; one
+    waiting for a caller's digits holds no database connection.
     """
 
     allow_reuse_address = True
@@ -241,16 +317,13 @@ class Server(socketserver.TCPServer):
         *,
         max_sessions: int = 64,
         read_timeout: float = 30.0,
-        threads: int = 16,
+        db_threads: int = 4,
     ) -> None:
         self.read_timeout = read_timeout
         self.outcomes: list[str] = []
         self.slots = threading.BoundedSemaphore(max_sessions)
-        self.pool = ThreadPoolExecutor(
-            max_workers=min(threads, max_sessions),
-            thread_name_prefix="fastagi",
-            initializer=_keep_connection,
-        )
+        self.sessions = ThreadPoolExecutor(max_workers=max_sessions, thread_name_prefix="fastagi")
+        self.database = Database(db_threads)
         super().__init__(address, Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -258,11 +331,10 @@ class Server(socketserver.TCPServer):
             log.warning("FastAGI: too many sessions, refusing %s", client_address)
             self.shutdown_request(request)
             return
-        self.pool.submit(self._work, request, client_address)
+        self.sessions.submit(self._work, request, client_address)
 
     def _work(self, request: Any, client_address: Any) -> None:
         try:
-            close_old_connections()
             self.finish_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
@@ -272,4 +344,5 @@ class Server(socketserver.TCPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.sessions.shutdown(wait=False, cancel_futures=True)
+        self.database.close()

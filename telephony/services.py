@@ -1114,6 +1114,7 @@ def call_settle(
                 unit_cost=amount,
                 cost_source=_rate_label(call, billed),
                 occurred_at=call.started_at,
+                holder=(call.member_id, Service.CALLS.value) if call.member_id else None,
             )
         except LedgerError as exc:
             log.error("settling call %s: %s", uniqueid, exc)

@@ -794,16 +794,20 @@ def credit_settle(
     unit_cost: Decimal | None = None,
     cost_source: str = "",
     occurred_at: datetime | None = None,
+    holder: tuple[int, str] | None = None,
 ) -> CreditHold:
     """Charge the actual ``amount`` of a hold as usage and free the rest.
 
     The usage line defaults to one item at ``amount``; a service may describe it exactly
     (e.g. 3.5 minutes at a rate), as long as quantity times unit cost is the amount.
+    ``holder``, the member id and service of the hold, spares reading the hold first when
+    the caller knows them (it took the hold); they are checked against the hold all the same.
     """
     amount = money(amount, "settled amount")
     if connection.vendor == "postgresql":
         done = _settle_in_one_statement(
             key=key,
+            holder=holder,
             amount=amount,
             kind=kind,
             quantity=quantity,
@@ -850,13 +854,14 @@ _SETTLE = """
     WITH settled AS (
         UPDATE panel_credithold
         SET state = 'settled', settled_amount = %(amount)s, ended_at = %(now)s
-        WHERE id = %(hold)s AND state = 'held'
+        WHERE key = %(key)s AND state = 'held' AND member_id = %(member)s
+          AND service = %(holder_service)s AND amount >= %(amount)s
           AND (NOT %(usage)s OR (
               EXISTS (SELECT 1 FROM panel_billingperiod WHERE starts_on = %(month)s)
               AND NOT EXISTS (
                   SELECT 1 FROM panel_usageevent
                   WHERE service = %(service)s AND source_key = %(source_key)s)))
-        RETURNING member_id, amount
+        RETURNING id, member_id, amount, created_at, expires_at
     ), usage AS (
         INSERT INTO panel_usageevent
             (member_id, service, kind, quantity, unit, unit_cost, amount, cost_source,
@@ -874,7 +879,8 @@ _SETTLE = """
         FROM settled s WHERE b.member_id = s.member_id
         RETURNING b.member_id
     )
-    SELECT (SELECT count(*) FROM settled), (SELECT count(*) FROM balance)"""
+    SELECT s.id, s.amount, s.created_at, s.expires_at, (SELECT count(*) FROM balance)
+    FROM settled s"""
 
 
 _HOLD_ATTNAMES = [f.attname for f in CreditHold._meta.concrete_fields]
@@ -889,6 +895,7 @@ _HOLD_BY_KEY = (
 def _settle_in_one_statement(
     *,
     key: str,
+    holder: tuple[int, str] | None,
     amount: Decimal,
     kind: str,
     quantity: Decimal | None,
@@ -906,24 +913,36 @@ def _settle_in_one_statement(
     amount is too large, the month has no period yet, the usage exists), this does nothing
     and returns None so that the general path decides.
     """
-    # In SQL of its own: the ORM took longer to build the query than the database to answer.
-    with bound_cursor() as cursor:
-        cursor.execute(_HOLD_BY_KEY, [key])
-        row = cursor.fetchone()
-    hold = None if row is None else CreditHold.from_db(connection.alias, _HOLD_ATTNAMES, row)
-    if hold is None or hold.state != HoldState.HELD or amount > hold.amount:
-        return None
+    if holder is None:
+        # In SQL of its own: the ORM took longer to build the query than the database.
+        with bound_cursor() as cursor:
+            cursor.execute(_HOLD_BY_KEY, [key])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        found = CreditHold.from_db(connection.alias, _HOLD_ATTNAMES, row)
+        if found.state != HoldState.HELD or amount > found.amount:
+            return None
+        holder = (found.member_id, found.service)
+    member_id, service = holder
     now = timezone.now()
     usage = amount > 0
-    params: dict[str, Any] = {"hold": hold.pk, "amount": amount, "now": now, "usage": usage}
+    params: dict[str, Any] = {
+        "key": key,
+        "member": member_id,
+        "holder_service": service,
+        "amount": amount,
+        "now": now,
+        "usage": usage,
+    }
     if usage:
         if quantity is None or unit_cost is None:
             quantity, unit_cost = Decimal(1), amount
         elif money(quantity, "quantity") * money(unit_cost, "unit cost") != amount:
             raise LedgerError("quantity times unit cost must equal the settled amount")
         event = UsageInput(
-            member_id=hold.member_id,
-            service=hold.service,
+            member_id=member_id,
+            service=service,
             kind=kind,
             quantity=quantity,
             unit=unit,
@@ -967,12 +986,25 @@ def _settle_in_one_statement(
     # No savepoint: the statement is atomic, and a failure fails the caller's transaction.
     with transaction.atomic(savepoint=False), bound_cursor() as cursor:
         cursor.execute(_SETTLE, params)
-        settled, balances = cursor.fetchone()
-        if not settled:
-            return None  # settled or released meanwhile: nothing was changed
+        row = cursor.fetchone()
+        if row is None:
+            return None  # not held (any more), not this holder's, or too small: no change
+        hold_id, held, created_at, expires_at, balances = row
         if balances != 1:
             raise LedgerError(f"hold {key!r} has no balance row to settle against")
-    hold.state, hold.settled_amount, hold.ended_at = HoldState.SETTLED, amount, now
+    hold = CreditHold(
+        id=hold_id,
+        member_id=member_id,
+        key=key,
+        service=service,
+        amount=held,
+        state=HoldState.SETTLED,
+        settled_amount=amount,
+        created_at=created_at,
+        expires_at=expires_at,
+        ended_at=now,
+    )
+    hold._state.adding, hold._state.db = False, connection.alias
     return hold
 
 

@@ -183,18 +183,52 @@ def test_the_server_keeps_its_database_connections(
     for n in range(40):
         assert call(agi_server, uniqueid=f"keep-{n}").variables["AUTH_RESULT"] == "OK"
         settle(agi_server, f"keep-{n}", "ANSWER", 100, 110)
-    # At most one per pool thread (16), not one per session (80).
-    assert len(opened) <= 16
+    # At most one per database thread (4), none for the session threads, not one per
+    # session (80).
+    assert len(opened) <= 4
 
 
-def test_a_call_setup_takes_three_statements_and_settling_four(
+def test_callers_keying_in_slowly_do_not_hold_up_other_calls(
+    agi_server, carrier, access, caller, alice
+):
+    """Twenty callers take a second each over their digits; a twenty-first is not kept waiting.
+
+    A session waits most of its life for the caller (prompts, digits), so sessions must not
+    wait for each other: each has its thread, and only the database work is shared.
+    """
+    import threading
+    import time
+
+    CallPlan.objects.filter(member=alice).update(max_concurrent=30)
+    slow = [
+        threading.Thread(
+            target=call,
+            args=(agi_server,),
+            kwargs={"uniqueid": f"slow-{n}", "caller": caller.number, "dtmf_delay_s": 1.0},
+        )
+        for n in range(20)
+    ]
+    for thread in slow:
+        thread.start()
+    time.sleep(0.3)  # all twenty are in their prompt now
+    began = time.monotonic()
+    done = call(agi_server, uniqueid="quick", caller=caller.number)
+    waited = time.monotonic() - began
+    for thread in slow:
+        thread.join()
+    assert "AUTH_RESULT" in done.variables
+    assert waited < 0.5, f"the quick caller waited {waited:.2f}s for the slow ones"
+    assert CallRecord.objects.filter(uniqueid__startswith="slow-").count() == 20
+
+
+def test_a_call_setup_takes_three_statements_and_settling_three(
     agi_server, carrier, access, caller, alice, monkeypatch
 ):
     """Every statement is a round trip the caller waits for; these are the ones it takes.
 
     Authorize: the phone with its member, the rate, then the hold (telephony_call_hold) and
-    the call record at once, as its own transaction. Settle: the call, its update, the hold,
-    then the hold, the usage and the balance at once (begin and commit come on top).
+    the call record at once, as its own transaction. Settle: the call, its update, then the
+    hold, the usage and the balance at once (begin and commit come on top).
     """
     ledger.payment_record(
         actor=None,
@@ -207,17 +241,20 @@ def test_a_call_setup_takes_three_statements_and_settling_four(
     from telephony import fastagi
 
     statements: list[str] = []
-    handle = fastagi.Handler.handle
+    run = fastagi.Database.run
 
-    def counting(self):
-        def wrapper(execute, sql, params, many, context):
-            statements.append(sql)
-            return execute(sql, params, many, context)
+    def wrapper(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
 
-        with connection.execute_wrapper(wrapper):
-            handle(self)
+    def counting(self, function, *args, **kwargs):
+        def counted(*args, **kwargs):
+            with connection.execute_wrapper(wrapper):  # in the database thread
+                return function(*args, **kwargs)
 
-    monkeypatch.setattr(fastagi.Handler, "handle", counting)
+        return run(self, counted, *args, **kwargs)
+
+    monkeypatch.setattr(fastagi.Database, "run", counting)
     call(agi_server, uniqueid="warm-up")  # the routes cache fills on the first call
     settle(agi_server, "warm-up", "ANSWER", 100, 130)
     for n in range(3):
@@ -226,6 +263,6 @@ def test_a_call_setup_takes_three_statements_and_settling_four(
         assert len(statements) == 3, statements
         statements.clear()
         settle(agi_server, f"count-{n}", "ANSWER", 100, 130)
-        assert len(statements) == 4, statements
+        assert len(statements) == 3, statements
         assert not [s for s in statements if "SAVEPOINT" in s]
     assert CallRecord.objects.filter(state=CallState.SETTLED).count() == 4

@@ -16,10 +16,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--listen", default=settings.FASTAGI_LISTEN, help="HOST:PORT")
         parser.add_argument("--max-sessions", type=int, default=settings.FASTAGI_MAX_SESSIONS)
+        parser.add_argument(
+            "--db-threads",
+            type=int,
+            default=settings.FASTAGI_DB_THREADS,
+            help="threads (and database connections) for the sessions' queries",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, _, port = options["listen"].rpartition(":")
-        server = Server((host, int(port)), max_sessions=options["max_sessions"])
+        server = Server(
+            (host, int(port)),
+            max_sessions=options["max_sessions"],
+            db_threads=options["db_threads"],
+        )
         self.stdout.write(f"FastAGI listening on {host}:{port}")
         try:
             server.serve_forever(poll_interval=0.5)

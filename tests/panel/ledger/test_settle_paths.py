@@ -65,9 +65,18 @@ class SettlePaths(TestCase):
         quantity=st.sampled_from([None, Decimal(1), Decimal(2), Decimal("0.5")]),
         month=st.integers(min_value=1, max_value=12),
         period_exists=st.booleans(),
+        holder=st.sampled_from(["unknown", "right", "wrong"]),
     )
-    def test_both_paths_write_the_same(self, hold_amount, fraction, quantity, month, period_exists):
+    def test_both_paths_write_the_same(
+        self, hold_amount, fraction, quantity, month, period_exists, holder
+    ):
+        """Whether the caller names the hold's member and service or not, or names the wrong ones.
+
+        A wrong holder (a caller's mistake) must not charge anyone else: the fast path
+        declines, and the general path settles the hold for its own member.
+        """
         member = make_user(email="settle@example.org")
+        other = make_user(email="other@example.org")
         pay(member, "10.00", "top-up")
         amount = (hold_amount * Decimal(fraction.numerator) / fraction.denominator).quantize(
             Decimal("0.000001")
@@ -91,12 +100,15 @@ class SettlePaths(TestCase):
             "cost_source": "deck v3 +4930: 0.008/min",
             "occurred_at": occurred,
         }
-        fast = self.settle(member, "k-fast", general=False, **common)
+        named = {"unknown": None, "right": (member.pk, "calls"), "wrong": (other.pk, "calls")}
+        fast = self.settle(member, "k-fast", general=False, holder=named[holder], **common)
         general = self.settle(member, "k-general", general=True, **common)
         assert fast[0] == general[0]
         assert fast[1] == general[1]
         assert fast[2][:2] == general[2][:2]
-        assert fast[3] == [period_exists or amount == 0], "the fast path did it, or declined"
+        did = (period_exists or amount == 0) and holder != "wrong"
+        assert fast[3] == [did], "the fast path did it, or declined"
+        assert not UsageEvent.objects.filter(member=other).exists()
         # Settling again is a no-op on both paths.
         assert ledger.credit_settle(key="k-fast", amount=amount).state == "settled"
         assert ledger.credit_settle(key="k-general", amount=amount).state == "settled"

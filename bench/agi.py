@@ -22,8 +22,10 @@ Two phases, one line per figure:
   noisy p99.
 
 ``server_cpu_ms_per_setup`` is the server process's CPU time (Linux /proc) per setup in the
-saturation phase. The client runs on the same machine and takes CPU from the server and
-PostgreSQL; real Asterisk would not. ``BENCH_CLIENTS``, ``BENCH_RATE`` and ``BENCH_CALL_S``
+saturation phase, ``postgres_cpu_ms_per_setup`` that of all PostgreSQL processes and
+``client_cpu_ms_per_setup`` this process's (the simulated Asterisk). The client runs on the
+same machine and takes CPU from the server and PostgreSQL; real Asterisk would not.
+ ``BENCH_CLIENTS``, ``BENCH_RATE`` and ``BENCH_CALL_S``
 override the defaults; ``BENCH_WRAP`` prefixes the server's command (e.g. a profiler).
 
     .venv/bin/python bench/agi.py [--quick]
@@ -202,14 +204,19 @@ def run(
     print(f"offered_call_s: {call_s}")
     print(f"offered_calls: {len(offered.latencies)}")
     print(f"offered_refused: {offered.refused}")
+    print(f"offered_failed: {offered.failed}")
     print(f"saturation_setups_per_s: {setups / saturation.wall:.0f}")
     print(f"saturation_clients: {clients}")
     print(f"saturation_authorize_p50_ms: {saturation.percentile(50):.2f}")
     print(f"saturation_authorize_p99_ms: {saturation.percentile(99):.2f}")
     print(f"saturation_calls: {setups}")
     print(f"saturation_refused: {saturation.refused}")
+    print(f"saturation_failed: {saturation.failed}")
     if cpu is not None:
         print(f"server_cpu_ms_per_setup: {cpu * 1000 / setups:.2f}")
+    if saturation.postgres_cpu is not None:
+        print(f"postgres_cpu_ms_per_setup: {saturation.postgres_cpu * 1000 / setups:.2f}")
+    print(f"client_cpu_ms_per_setup: {saturation.client_cpu * 1000 / setups:.2f}")
     print(f"deck_prefixes: {prefixes}")
 
 
@@ -219,14 +226,21 @@ class Phase:
     def __init__(self) -> None:
         self.latencies: list[float] = []
         self.refused = 0
+        self.failed = 0  # sessions the server closed or reset (over max_sessions)
         self.wall = 0.0
         self.lock = threading.Lock()
         self.cpu_before: float | None = None
+        self.client_cpu = 0.0
+        self.postgres_cpu: float | None = None
 
     def add(self, elapsed_ms: float, done: object) -> None:
         with self.lock:
             self.latencies.append(elapsed_ms)
             self.refused += getattr(done, "variables", {}).get("AUTH_RESULT") != "OK"
+
+    def fail(self) -> None:
+        with self.lock:
+            self.failed += 1
 
     def percentile(self, p: int) -> float:
         ordered = sorted(self.latencies)
@@ -240,6 +254,21 @@ class Phase:
         if now is None or self.cpu_before is None:
             return None
         return now - self.cpu_before
+
+
+def _postgres_cpu_seconds() -> float | None:
+    """CPU seconds of all PostgreSQL processes on this machine (backends, WAL writer, ...)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name, _, rest = text.partition(")")
+        if name.endswith("(postgres"):
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total if Path("/proc/self/stat").exists() else None
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -291,18 +320,27 @@ def closed_loop(port: int, access: str, members: list[str], calls: int, server_p
         for k in range(per_client):
             uniqueid = f"bench-{n}-{k}"
             started = time.perf_counter()
-            done = _authorize(port, access, members[n], uniqueid, n * per_client + k)
-            phase.add((time.perf_counter() - started) * 1000, done)
-            _settle(port, uniqueid)
+            try:
+                done = _authorize(port, access, members[n], uniqueid, n * per_client + k)
+                phase.add((time.perf_counter() - started) * 1000, done)
+                _settle(port, uniqueid)
+            except OSError:
+                phase.fail()
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(len(members))]
     phase.cpu_before = _cpu_seconds(server_pid)
+    postgres_before = _postgres_cpu_seconds()
+    client_before = time.process_time()
     began = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     phase.wall = time.perf_counter() - began
+    phase.client_cpu = time.process_time() - client_before
+    postgres_after = _postgres_cpu_seconds()
+    if postgres_before is not None and postgres_after is not None:
+        phase.postgres_cpu = postgres_after - postgres_before
     return phase
 
 
@@ -317,10 +355,13 @@ def open_loop(
         due = began + i / rate
         time.sleep(max(0.0, due - time.perf_counter()))
         uniqueid = f"open-{i}"
-        done = _authorize(port, access, members[i % len(members)], uniqueid, i)
-        phase.add((time.perf_counter() - due) * 1000, done)
-        time.sleep(call_s)
-        _settle(port, uniqueid)
+        try:
+            done = _authorize(port, access, members[i % len(members)], uniqueid, i)
+            phase.add((time.perf_counter() - due) * 1000, done)
+            time.sleep(call_s)
+            _settle(port, uniqueid)
+        except OSError:
+            phase.fail()
 
     # A thread per call in progress (and some to spare): none waits for a free one.
     with ThreadPoolExecutor(max_workers=int(rate * (call_s + 1)) + 32) as pool:

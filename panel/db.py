@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
 
@@ -26,21 +26,22 @@ def bound_cursor() -> Iterator[Any]:
     It is wrapped as Django wraps its cursors (execute wrappers, the query log in DEBUG, the
     broken-transaction check, Django's exceptions) and is part of the caller's transaction.
     """
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]  # the proxy `connection` costs a lookup per use
+    if db.vendor != "postgresql":
+        with db.cursor() as cursor:
             yield cursor
         return
-    connection.ensure_connection()
-    pg = connection.connection
+    db.ensure_connection()
+    pg = db.connection
     if pg.prepare_threshold is None:
         # Django's default, which turns preparing off altogether. A threshold never reached
         # leaves every other statement unprepared and lets this cursor's be prepared.
         pg.prepare_threshold = 2**31
-    with connection.wrap_database_errors:
+    with db.wrap_database_errors:
         raw = _prepared_cursor_class()(pg)
-    connection.validate_thread_sharing()
-    wrapper = CursorDebugWrapper if connection.queries_logged else CursorWrapper
-    with wrapper(raw, connection) as cursor:
+    db.validate_thread_sharing()
+    wrapper = CursorDebugWrapper if db.queries_logged else CursorWrapper
+    with wrapper(raw, db) as cursor:
         yield cursor
 
 

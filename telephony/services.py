@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import Max, Model
 from django.utils import timezone
 
@@ -607,10 +607,11 @@ def _instances(models: list[type[Model]], row: tuple[Any, ...]) -> list[Any]:
     Values go through the converters the ORM would apply (SQLite returns decimals as
     numbers and times as text; JSON arrives as text).
     """
+    db = connections[DEFAULT_DB_ALIAS]  # the proxy `connection` costs a lookup per use
     out: list[Any] = []
     start = 0
     for model in models:
-        attnames, pk_index, converters = _loader(model)
+        attnames, pk_index, converters = _loader(model, db)
         values = list(row[start : start + len(attnames)])
         start += len(attnames)
         if values[pk_index] is None:
@@ -618,8 +619,8 @@ def _instances(models: list[type[Model]], row: tuple[Any, ...]) -> list[Any]:
             continue
         for n, col, functions in converters:
             for convert in functions:
-                values[n] = convert(values[n], col, connection)
-        out.append(model.from_db(connection.alias, attnames, values))
+                values[n] = convert(values[n], col, db)
+        out.append(model.from_db(db.alias, attnames, values))
     return out
 
 
@@ -628,19 +629,19 @@ _LOADERS: dict[
 ] = {}
 
 
-def _loader(model: type[Model]) -> tuple[list[str], int, list[tuple[int, Any, list[Any]]]]:
+def _loader(model: type[Model], db: Any) -> tuple[list[str], int, list[tuple[int, Any, list[Any]]]]:
     """The field names, the index of the primary key and the converters of a model's columns.
 
     Kept per database vendor: the converters depend on the backend's settings, never on one
     connection.
     """
-    key = (connection.vendor, model)
+    key = (db.vendor, model)
     if key not in _LOADERS:
         fields = model._meta.concrete_fields
         converters = []
         for n, field in enumerate(fields):
             col = field.get_col(model._meta.db_table)
-            functions = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+            functions = db.ops.get_db_converters(col) + col.get_db_converters(db)
             if functions:
                 converters.append((n, col, functions))
         _LOADERS[key] = (
@@ -951,16 +952,16 @@ def _with_call_columns(template: str, call: CallRecord) -> tuple[str, dict[str, 
     if not _CALL_FIELDS:
         _CALL_FIELDS.extend(f for f in CallRecord._meta.concrete_fields if not f.primary_key)
     fields = _CALL_FIELDS
-    key = (connection.vendor, template)
+    db = connections[DEFAULT_DB_ALIAS]
+    key = (db.vendor, template)
     sql = _CALL_INSERTS.get(key)
     if sql is None:
         sql = _CALL_INSERTS[key] = template.format(
-            columns=", ".join(connection.ops.quote_name(f.column or f.attname) for f in fields),
+            columns=", ".join(db.ops.quote_name(f.column or f.attname) for f in fields),
             values=", ".join(f"%(c{n})s" for n in range(len(fields))),
         )
     params = {
-        f"c{n}": f.get_db_prep_save(getattr(call, f.attname), connection)
-        for n, f in enumerate(fields)
+        f"c{n}": f.get_db_prep_save(getattr(call, f.attname), db) for n, f in enumerate(fields)
     }
     return sql, params
 
@@ -1089,6 +1090,7 @@ def call_settle(
         "ended_at": timezone.now(),
     }
     fields = [f for f in CallRecord._meta.concrete_fields if f.name in changes]
+    db = connections[DEFAULT_DB_ALIAS]
     with transaction.atomic():
         with bound_cursor() as cursor:
             cursor.execute(
@@ -1096,7 +1098,7 @@ def call_settle(
                 + ", ".join(f"{f.column} = %s" for f in fields)
                 + " WHERE id = %s AND state = %s",
                 [
-                    *(f.get_db_prep_save(changes[f.name], connection) for f in fields),
+                    *(f.get_db_prep_save(changes[f.name], db) for f in fields),
                     call.pk,
                     CallState.AUTHORIZED,
                 ],

@@ -21,6 +21,11 @@ Two phases, one line per figure:
   every round trip. Run it a few times and take the median; 300 calls (--quick) make a
   noisy p99.
 
+``single_authorize_p50_ms`` is one call at a time (nothing else running) and
+``bare_session_p50_ms`` the baseline measured in the same run: a session that only says hello
+(environment, one command, HANGUP), so the ratio is what a call setup costs over the bare
+FastAGI exchange.
+
 ``server_cpu_ms_per_setup`` is the server process's CPU time (Linux /proc) per setup in the
 saturation phase, ``postgres_cpu_ms_per_setup`` that of all PostgreSQL processes and
 ``client_cpu_ms_per_setup`` this process's (the simulated Asterisk). The client runs on the
@@ -188,6 +193,7 @@ def run(
         setups = len(saturation.latencies)
         cpu = saturation.server_cpu(server.pid)
         offered = open_loop(port, access.number, members, calls, rate, call_s)
+        single, bare = one_at_a_time(port, access.number, members[0], 200)
     finally:
         server.send_signal(2)  # SIGINT: the server stops cleanly (and a profiler writes out)
         try:
@@ -218,6 +224,9 @@ def run(
         print(f"postgres_cpu_ms_per_setup: {saturation.postgres_cpu * 1000 / setups:.2f}")
     print(f"client_cpu_ms_per_setup: {saturation.client_cpu * 1000 / setups:.2f}")
     print(f"deck_prefixes: {prefixes}")
+    print(f"single_authorize_p50_ms: {single.percentile(50):.2f}")
+    print(f"bare_session_p50_ms: {bare.percentile(50):.2f}")
+    print(f"single_authorize_vs_bare_ratio: {single.percentile(50) / bare.percentile(50):.1f}")
 
 
 class Phase:
@@ -342,6 +351,26 @@ def closed_loop(port: int, access: str, members: list[str], calls: int, server_p
     if postgres_before is not None and postgres_after is not None:
         phase.postgres_cpu = postgres_after - postgres_before
     return phase
+
+
+def one_at_a_time(port: int, access: str, caller: str, calls: int) -> tuple[Phase, Phase]:
+    """Uncontended: one call at a time (authorize, then settle), and the baseline of the same
+    run, a bare session (the environment, one VERBOSE, HANGUP: the transport and the server's
+    own overhead, no database)."""
+    from telephony import asterisk_sim
+
+    single, bare = Phase(), Phase()
+    for k in range(calls):
+        uniqueid = f"single-{k}"
+        started = time.perf_counter()
+        done = _authorize(port, access, caller, uniqueid, k)
+        single.add((time.perf_counter() - started) * 1000, done)
+        _settle(port, uniqueid)
+        started = time.perf_counter()
+        nothing = asterisk_sim.Call(uniqueid=f"bare-{k}", caller="", access="", script="bare")
+        asterisk_sim.run(nothing, "127.0.0.1", port)
+        bare.add((time.perf_counter() - started) * 1000, nothing)
+    return single, bare
 
 
 def open_loop(

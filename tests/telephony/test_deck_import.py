@@ -100,3 +100,16 @@ def test_the_longest_prefix_is_found_through_the_index_after_an_import(carrier, 
     found = services.rate_for(deck, "+49301234567")
     assert found is not None
     assert found.prefix == "4930123"
+
+
+def test_descriptions_with_tabs_backslashes_and_line_breaks_are_stored_as_written(carrier, carol):
+    """The rows go to PostgreSQL in COPY's text format, where these characters are special."""
+    content = (
+        b"prefix,destination,rate,increment,connect_fee\n"
+        b'49,"Tab\there, back\\slash \\N",0.01,60/60,0\n'
+        b'33,"Two\nlines\r\nand ""quotes""",0.02,60/60,0\n'
+    )
+    deck = upload(carrier, carol, content)
+    assert deck.state == DeckState.READY, deck.errors
+    stored = dict(Rate.objects.filter(deck=deck).values_list("prefix", "description"))
+    assert stored == {"49": "Tab\there, back\\slash \\N", "33": 'Two\nlines\r\nand "quotes"'}

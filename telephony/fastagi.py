@@ -56,17 +56,6 @@ def _caller(number: str, caller: str) -> tuple[AccessNumber | None, Any]:
     return access, (services.identify(caller) if access is not None else None)
 
 
-def _decide(*, member: Any, known: bool, **call: Any) -> services.Decision | None:
-    """Whether a member in good standing may make this call (None: not a member)."""
-    # Known from the phone lookup when the caller ID identified the member.
-    membership = getattr(member, "membership", None) if known else None
-    if membership is None:
-        membership = Membership.objects.filter(user=member).first()
-    if membership is None or membership.status != MembershipStatus.MEMBER:
-        return None
-    return services.call_authorize(member=member, **call)
-
-
 def authorize(session: Session, db: Db) -> str:
     """Identify the caller, read the destination, decide, and tell the dialplan."""
     env = session.env
@@ -117,22 +106,13 @@ def authorize(session: Session, db: Db) -> str:
                 caller=caller,
                 access=access,
             )
-    digits = ""
-    for _ in range(TRIES):
-        digits = session.read_digits("custom/enter-number", timeout_ms=7000, max_digits=20)
-        if digits.isdigit() and len(digits) >= 3:
-            break
-        session.stream("custom/invalid-number")
-    decision = db(
-        _decide,
-        member=member,
-        known=member == getattr(phone, "member", None),
-        uniqueid=uniqueid,
-        caller=caller,
-        access_number=access,
-        digits=digits,
+    # Fetched with the phone when the caller ID identified the member (no query here).
+    membership = (
+        getattr(member, "membership", None) if member == getattr(phone, "member", None) else None
     )
-    if decision is None:
+    if membership is None:
+        membership = db(Membership.objects.filter(user=member).first)
+    if membership is None or membership.status != MembershipStatus.MEMBER:
         return _refusal(
             session,
             db,
@@ -142,6 +122,20 @@ def authorize(session: Session, db: Db) -> str:
             caller=caller,
             access=access,
         )
+    digits = ""
+    for _ in range(TRIES):
+        digits = session.read_digits("custom/enter-number", timeout_ms=7000, max_digits=20)
+        if digits.isdigit() and len(digits) >= 3:
+            break
+        session.stream("custom/invalid-number")
+    decision = db(
+        services.call_authorize,
+        uniqueid=uniqueid,
+        member=member,
+        caller=caller,
+        access_number=access,
+        digits=digits,
+    )
     if not decision.ok:
         session.stream(decision.prompt or "custom/goodbye")
         session.set("AUTH_RESULT", "REFUSED")

@@ -141,6 +141,19 @@ def test_refusals_play_a_prompt_and_say_why(
     assert CallRecord.objects.get(uniqueid="call-1").state == CallState.REFUSED
 
 
+def test_a_suspended_member_is_refused_before_keying_in_a_number(
+    agi_server, carrier, access, caller, alice
+):
+    from panel.models import Membership
+
+    Membership.objects.filter(user=alice).update(status="suspended")
+    done = call(agi_server)
+    assert done.variables["AUTH_RESULT"] == "REFUSED"
+    assert "not a member in good standing" in done.variables["AUTH_REASON"]
+    assert not [c for d, c in done.transcript if d == ">>" and "enter-number" in c]
+    assert not CreditHold.objects.exists()
+
+
 def test_no_credit_is_refused(agi_server, carrier, access, alice):
     phone = services.phone_add(member=alice, number="+49 151 99999999")
     Phone.objects.filter(pk=phone.pk).update(verified_at=timezone.now())

@@ -14,6 +14,7 @@ import io
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -507,7 +508,28 @@ def access_number(number: str) -> AccessNumber | None:
     return cached[1]
 
 
-_RATE_FOR: dict[str, str] = {}
+_STATEMENTS: dict[tuple[str, str], str] = {}
+
+
+def _statement(name: str, build: Callable[[], str]) -> str:
+    """A statement's text, built once per database vendor.
+
+    The hot-path statements name their columns from the models; on every call setup,
+    building the text again took longer than the database took to run it.
+    """
+    key = (connection.vendor, name)
+    sql = _STATEMENTS.get(key)
+    if sql is None:
+        sql = _STATEMENTS[key] = build()
+    return sql
+
+
+def _columns(fields: Any, alias: str = "") -> str:
+    """The quoted column names of ``fields``, each prefixed with ``alias``."""
+    quote = connection.ops.quote_name
+    return ", ".join(f"{alias}{quote(f.column or f.attname)}" for f in fields)
+
+
 _LONGEST_PREFIX = """
     SELECT {columns} FROM telephony_rate
     WHERE deck_id = %s
@@ -516,14 +538,11 @@ _LONGEST_PREFIX = """
 
 
 def _rate_for_sql() -> str:
-    """rate_for's statement for this database, built once."""
-    sql = _RATE_FOR.get(connection.vendor)
-    if sql is None:
-        columns = ", ".join(
-            connection.ops.quote_name(f.column or f.attname) for f in Rate._meta.concrete_fields
-        )
-        sql = _RATE_FOR[connection.vendor] = _LONGEST_PREFIX.format(columns=columns)
-    return sql
+    """rate_for's statement for this database."""
+    return _statement(
+        "rate_for",
+        lambda: _LONGEST_PREFIX.format(columns=_columns(Rate._meta.concrete_fields)),
+    )
 
 
 def rate_for(deck: RateDeck, e164: str) -> Rate | None:
@@ -587,14 +606,14 @@ def identify(caller: str) -> Phone | None:
     if not E164.match(caller or ""):
         return None
     models: list[type[Model]] = [Phone, User, Membership, CallPlan]
-    sql = _IDENTIFY.get(connection.vendor)
-    if sql is None:
-        columns = ", ".join(
-            f"t{n}.{connection.ops.quote_name(f.column or f.attname)}"
-            for n, model in enumerate(models)
-            for f in model._meta.concrete_fields
-        )
-        sql = _IDENTIFY[connection.vendor] = f"SELECT {columns} {_PHONE_JOINS}"
+    sql = _statement(
+        "identify",
+        lambda: (
+            "SELECT "
+            + ", ".join(_columns(m._meta.concrete_fields, f"t{n}.") for n, m in enumerate(models))
+            + _PHONE_JOINS
+        ),
+    )
     with bound_cursor() as cursor:
         cursor.execute(sql, [caller])
         row = cursor.fetchone()
@@ -609,7 +628,6 @@ def identify(caller: str) -> Phone | None:
     return phone
 
 
-_IDENTIFY: dict[str, str] = {}  # the statement per database vendor, built once
 _PHONE_JOINS = """
     FROM telephony_phone t0
     JOIN panel_user t1 ON t1.id = t0.member_id
@@ -959,26 +977,18 @@ def _hold_at_once(
     return _authorized(call, e164, trunk)
 
 
-_CALL_INSERTS: dict[tuple[str, str], str] = {}
-
-
 def _with_call_columns(template: str, call: CallRecord) -> tuple[str, dict[str, Any]]:
-    """A statement that inserts ``call`` (its columns filled in), and the call's values.
-
-    The text is built once per statement and database vendor: on every call setup, building
-    it again took longer than the database took to run it.
-    """
+    """A statement that inserts ``call`` (its columns filled in), and the call's values."""
     if not _CALL_FIELDS:
         _CALL_FIELDS.extend(f for f in CallRecord._meta.concrete_fields if not f.primary_key)
     fields = _CALL_FIELDS
     db = connections[DEFAULT_DB_ALIAS]
-    key = (db.vendor, template)
-    sql = _CALL_INSERTS.get(key)
-    if sql is None:
-        sql = _CALL_INSERTS[key] = template.format(
-            columns=", ".join(db.ops.quote_name(f.column or f.attname) for f in fields),
-            values=", ".join(f"%(c{n})s" for n in range(len(fields))),
-        )
+    sql = _statement(
+        template,
+        lambda: template.format(
+            columns=_columns(fields), values=", ".join(f"%(c{n})s" for n in range(len(fields)))
+        ),
+    )
     params = {
         f"c{n}": f.get_db_prep_save(getattr(call, f.attname), db) for n, f in enumerate(fields)
     }
@@ -1152,7 +1162,6 @@ _CALL_TO_SETTLE = """
     LEFT JOIN telephony_carrier k ON k.id = d.carrier_id
     LEFT JOIN telephony_rate r ON r.id = c.rate_id
     WHERE c.uniqueid = %s"""
-_SETTLE_READS: dict[str, str] = {}
 
 
 def _call_to_settle(uniqueid: str) -> CallRecord | None:
@@ -1160,13 +1169,10 @@ def _call_to_settle(uniqueid: str) -> CallRecord | None:
 
     In SQL of its own: on every hangup, the ORM took longer than the database.
     """
-    sql = _SETTLE_READS.get(connection.vendor)
-    if sql is None:
-        columns = ", ".join(
-            f"c.{connection.ops.quote_name(f.column or f.attname)}"
-            for f in CallRecord._meta.concrete_fields
-        )
-        sql = _SETTLE_READS[connection.vendor] = _CALL_TO_SETTLE.format(columns=columns)
+    sql = _statement(
+        "settle_read",
+        lambda: _CALL_TO_SETTLE.format(columns=_columns(CallRecord._meta.concrete_fields, "c.")),
+    )
     with bound_cursor() as cursor:
         cursor.execute(sql, [uniqueid])
         row = cursor.fetchone()

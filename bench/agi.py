@@ -30,7 +30,7 @@ FastAGI exchange.
 saturation phase, ``postgres_cpu_ms_per_setup`` that of all PostgreSQL processes and
 ``client_cpu_ms_per_setup`` this process's (the simulated Asterisk). The client runs on the
 same machine and takes CPU from the server and PostgreSQL; real Asterisk would not.
- ``BENCH_CLIENTS``, ``BENCH_RATE`` and ``BENCH_CALL_S``
+ ``BENCH_CLIENTS``, ``BENCH_CALLS``, ``BENCH_RATE`` and ``BENCH_CALL_S``
 override the defaults; ``BENCH_WRAP`` prefixes the server's command (e.g. a profiler).
 
     .venv/bin/python bench/agi.py [--quick]
@@ -62,6 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     prefixes, calls, clients = (20_000, 300, 8) if args.quick else (200_000, 3000, 16)
     clients = int(os.environ.get("BENCH_CLIENTS", clients))
+    calls = int(os.environ.get("BENCH_CALLS", calls))
     rate = float(os.environ.get("BENCH_RATE", 100))
     call_s = float(os.environ.get("BENCH_CALL_S", 1.0))
 

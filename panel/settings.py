@@ -247,7 +247,7 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 8, minimum=1)
 # Telephony -----------------------------------------------------------------------------
 FASTAGI_LISTEN = env_str("FASTAGI_LISTEN", "127.0.0.1:4573")
 FASTAGI_MAX_SESSIONS = env_int("FASTAGI_MAX_SESSIONS", 64, minimum=1)
-FASTAGI_DB_THREADS = env_int("FASTAGI_DB_THREADS", 4, minimum=1)
+FASTAGI_DB_CONNECTIONS = env_int("FASTAGI_DB_CONNECTIONS", 4, minimum=1)
 
 # Newsletters. Campaigns go to one relay (newsletters/relay.py in front of Postfix, see
 # ansible/), which drops a Message-ID it has already accepted; bounces, complaints and mailto

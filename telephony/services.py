@@ -747,13 +747,22 @@ def _earlier_decision(call: CallRecord) -> Decision:
 
 
 def call_authorize(
-    *, uniqueid: str, member: User, caller: str, access_number: AccessNumber, digits: str
+    *,
+    uniqueid: str,
+    member: User,
+    caller: str,
+    access_number: AccessNumber,
+    digits: str,
+    rate_lookup: Callable[[RateDeck, str], Rate | None] | None = None,
 ) -> Decision:
     """Decide a call, and if it may go out, hold the credit for it. One transaction.
 
     Asked twice for the same call (same uniqueid), it gives the first answer again: the hold
     key and the call record's unique uniqueid make the second attempt a no-op.
+    ``rate_lookup`` finds the longest prefix (the FastAGI server's in-memory tables,
+    ``telephony.ratecache``); by default the database does.
     """
+    lookup = rate_lookup or rate_for
     base = {"member": member, "caller": caller[:32], "access_number": access_number}
     try:
         number = rating.normalize(digits, access_number.country)
@@ -781,7 +790,7 @@ def call_authorize(
         )
     choice = None
     for trunk, deck in routes():
-        rate = rate_for(deck, e164) if deck else None
+        rate = lookup(deck, e164) if deck else None
         if rate is not None:
             choice = (trunk, deck, rate)
             break

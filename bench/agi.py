@@ -226,7 +226,9 @@ def run(
     print(f"client_cpu_ms_per_setup: {saturation.client_cpu * 1000 / setups:.2f}")
     print(f"deck_prefixes: {prefixes}")
     print(f"single_authorize_p50_ms: {single.percentile(50):.2f}")
+    print(f"single_authorize_p99_ms: {single.percentile(99):.2f}")
     print(f"bare_session_p50_ms: {bare.percentile(50):.2f}")
+    print(f"bare_session_p99_ms: {bare.percentile(99):.2f}")
     print(f"single_authorize_vs_bare_ratio: {single.percentile(50) / bare.percentile(50):.1f}")
 
 

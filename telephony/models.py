@@ -171,9 +171,22 @@ class CallState(models.TextChoices):
 
 
 class CallRecord(models.Model):
-    uniqueid = models.CharField(max_length=64, unique=True)
+    """One call: written on every call setup and again at its hangup.
+
+    Each index is written on both (the hangup changes ``state``, which is indexed, so the
+    update is never a HOT one), so this table keeps the indexes its queries use and no
+    more: the uniqueid's constraint without Django's extra LIKE index, the member's calls
+    by state (which serves the member alone too), the deck and the access number; the rate
+    and the trunk are only ever looked up from the call.
+    """
+
+    uniqueid = models.CharField(max_length=64)
     member = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     caller = models.CharField(max_length=32, blank=True)
     destination = models.CharField(max_length=32, blank=True)
@@ -190,18 +203,25 @@ class CallRecord(models.Model):
     billed_seconds = models.PositiveIntegerField(default=0)
     dial_status = models.CharField(max_length=20, blank=True)
     deck = models.ForeignKey(RateDeck, null=True, on_delete=models.PROTECT, related_name="+")
-    rate = models.ForeignKey(Rate, null=True, on_delete=models.PROTECT, related_name="+")
+    rate = models.ForeignKey(
+        Rate, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     # The rule as applied, kept with the call: later decks never change how it was rated.
     per_minute = money_field(default=Decimal(0))
     connect_fee = money_field(default=Decimal(0))
     initial_seconds = models.PositiveIntegerField(default=0)
     increment_seconds = models.PositiveIntegerField(default=1)
-    trunk = models.ForeignKey(Trunk, null=True, on_delete=models.PROTECT, related_name="+")
+    trunk = models.ForeignKey(
+        Trunk, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     cost = money_field(default=Decimal(0))
     hold_key = models.CharField(max_length=200, blank=True)
 
     class Meta:
         ordering = ["-started_at", "-id"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["uniqueid"], name="call_uniqueid_unique"),
+        ]
         indexes: ClassVar = [
             models.Index(fields=["member", "state"], name="call_member_state"),
         ]

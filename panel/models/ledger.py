@@ -367,7 +367,9 @@ class HoldState(models.TextChoices):
 
 class CreditHold(models.Model):
     member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    key = models.CharField(max_length=200, unique=True)
+    # Unique by a constraint, not unique=True: that adds a LIKE index on PostgreSQL, which
+    # nothing uses and every call setup would write.
+    key = models.CharField(max_length=200)
     service = models.CharField(max_length=16, choices=Service.choices)
     amount = money_field()
     state = models.CharField(max_length=16, choices=HoldState.choices, default=HoldState.HELD)
@@ -379,6 +381,7 @@ class CreditHold(models.Model):
     class Meta:
         constraints: ClassVar = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="hold_positive"),
+            models.UniqueConstraint(fields=["key"], name="hold_key_unique"),
         ]
         indexes: ClassVar = [
             models.Index(fields=["expires_at"], name="hold_open", condition=Q(state="held"))

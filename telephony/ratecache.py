@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -38,14 +39,18 @@ class RateCache:
 
     A deck seen for the first time is loaded on a thread of its own (a second or so for
     200,000 rates), so no caller waits for the load; ``run`` runs the load's query (the
-    server lends it one of its database connections). Tables of decks no longer in force
-    are dropped when a new one is loaded.
+    server lends it one of its database connections). A load that failed is tried again
+    after ``RETRY_S``, not on every call. Tables of decks no longer in force are dropped
+    when a new one is loaded.
     """
+
+    RETRY_S = 30.0
 
     def __init__(self, run: Callable[..., Any]) -> None:
         self._run = run
         self._tables: dict[int, dict[str, Row]] = {}
         self._loading: set[int] = set()
+        self._failed_at: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def lookup(self, deck: RateDeck, e164: str) -> Rate | None:
@@ -73,9 +78,12 @@ class RateCache:
     def load_later(self, deck_ids: list[int]) -> list[threading.Thread]:
         """Load the tables of these decks, each on a thread of its own; returns the threads."""
         threads = []
+        now = time.monotonic()
         with self._lock:
             for deck_id in deck_ids:
                 if deck_id in self._tables or deck_id in self._loading:
+                    continue
+                if now - self._failed_at.get(deck_id, -self.RETRY_S) < self.RETRY_S:
                     continue
                 self._loading.add(deck_id)
                 thread = threading.Thread(
@@ -100,6 +108,8 @@ class RateCache:
             log.info("rates of deck %s in memory: %d prefixes", deck_id, len(table))
         except Exception:
             log.exception("loading the rates of deck %s", deck_id)
+            with self._lock:
+                self._failed_at[deck_id] = time.monotonic()
         finally:
             with self._lock:
                 self._loading.discard(deck_id)

@@ -25,6 +25,7 @@ from django.db import connection
 
 from telephony import rating
 from telephony.models import Rate, RateDeck
+from telephony.services import rate_for, routes
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ class RateCache:
         table = self._tables.get(deck.pk)
         if table is None:
             self.load_later([deck.pk])
-            from telephony.services import rate_for
-
             return rate_for(deck, e164)
         for prefix in rating.prefixes(e164):
             row = table.get(prefix)
@@ -96,8 +95,6 @@ class RateCache:
 
     def _load(self, deck_id: int) -> None:
         try:
-            from telephony.services import routes
-
             table = self._run(load_table, deck_id)
             in_force = {deck.pk for _trunk, deck in self._run(routes) if deck is not None}
             with self._lock:

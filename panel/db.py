@@ -37,12 +37,43 @@ def bound_cursor() -> Iterator[Any]:
         # Django's default, which turns preparing off altogether. A threshold never reached
         # leaves every other statement unprepared and lets this cursor's be prepared.
         pg.prepare_threshold = 2**31
-    with db.wrap_database_errors:
-        raw = _prepared_cursor_class()(pg)
+    statements = getattr(db, "_panel_statements", None)
+    if statements is None or statements.pg is not pg:
+        statements = db._panel_statements = _Statements(pg)
     db.validate_thread_sharing()
     wrapper = CursorDebugWrapper if db.queries_logged else CursorWrapper
-    with wrapper(raw, db) as cursor:
+    with wrapper(statements, db) as cursor:
         yield cursor
+
+
+class _Statements:
+    """What Django's cursor wrapper wraps: a psycopg cursor per statement text, kept.
+
+    One thread uses a connection at a time, so one "current" cursor answers the fetches
+    after an execute. Closing does nothing: the cursors go with their connection.
+    """
+
+    LIMIT = 64  # statement texts are a handful of constants; this only bounds a mistake
+
+    def __init__(self, pg: Any) -> None:
+        self.pg = pg
+        self.cursors: dict[str, Any] = {}
+        self.current: Any = None
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        cursor = self.cursors.get(query)
+        if cursor is None:
+            if len(self.cursors) >= self.LIMIT:
+                self.cursors.clear()
+            cursor = self.cursors[query] = _prepared_cursor_class()(self.pg)
+        self.current = cursor
+        return cursor.execute(query, params)
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.current, name)
 
 
 _CLASSES: list[type] = []

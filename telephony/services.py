@@ -1129,12 +1129,18 @@ def call_settle(
     }
     fields = [f for f in CallRecord._meta.concrete_fields if f.name in changes]
     db = connections[DEFAULT_DB_ALIAS]
+    sql = _statement(
+        "settle_update",
+        lambda: (
+            "UPDATE telephony_callrecord SET "  # noqa: S608  (column names from the model)
+            + ", ".join(f"{f.column} = %s" for f in fields)
+            + " WHERE id = %s AND state = %s"
+        ),
+    )
     with transaction.atomic():
         with bound_cursor() as cursor:
             cursor.execute(
-                "UPDATE telephony_callrecord SET "  # noqa: S608  (column names from the model)
-                + ", ".join(f"{f.column} = %s" for f in fields)
-                + " WHERE id = %s AND state = %s",
+                sql,
                 [
                     *(f.get_db_prep_save(changes[f.name], db) for f in fields),
                     call.pk,

@@ -39,7 +39,8 @@ def bound_cursor() -> Iterator[Any]:
         pg.prepare_threshold = 2**31
     statements = getattr(db, "_panel_statements", None)
     if statements is None or statements.pg is not pg:
-        statements = db._panel_statements = _Statements(pg)
+        statements = _Statements(pg)
+        db._panel_statements = statements  # type: ignore[attr-defined]
     db.validate_thread_sharing()
     wrapper = CursorDebugWrapper if db.queries_logged else CursorWrapper
     with wrapper(statements, db) as cursor:

@@ -6,8 +6,8 @@ most of it waiting. So each session has a thread of its own (up to ``max_session
 that, a connection is closed at once and the dialplan's AGISTATUS says FAILURE), and the
 sessions share a few database connections that stay open (a connection per session would
 mean hundreds, and opening one costs more than a call's queries), borrowing one for each
-step. The rates of the decks in force are held in memory (``telephony.ratecache``). Every
-read has a timeout.
+step. The rates of the decks in force are held in memory (``telephony.ratecache``), and so
+are the callers identified before (``telephony.callers``). Every read has a timeout.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from panel.models import Membership, MembershipStatus
 from telephony import services
 from telephony.agi import AgiError, ChannelGone, Session
+from telephony.callers import CallerCache
 from telephony.models import AccessNumber, CallRecord, CallState
 from telephony.ratecache import RateCache
 
@@ -52,10 +53,14 @@ T = TypeVar("T")
 Db = Callable[..., Any]
 
 
-def _caller(number: str, caller: str) -> tuple[AccessNumber | None, Any]:
-    """The access number called and the phone calling (one database step)."""
+def _caller(number: str, caller: str, callers: CallerCache) -> tuple[AccessNumber | None, Any]:
+    """The access number called and the phone calling (one database step); the phone is
+    kept for the next calls if it may be."""
+    generation = callers.generation
     access = services.access_number(number)
-    return access, (services.identify(caller) if access is not None else None)
+    phone = services.identify(caller) if access is not None else None
+    callers.fill(caller, phone, generation)
+    return access, phone
 
 
 def authorize(session: Session, server: Server) -> str:
@@ -67,7 +72,12 @@ def authorize(session: Session, server: Server) -> str:
         session.set("AUTH_RESULT", "REFUSED")
         return f"refused: bad uniqueid {uniqueid!r}"
     caller = env.get("agi_callerid", "")
-    access, phone = db(_caller, env.get("agi_arg_1", ""), caller)
+    number = env.get("agi_arg_1", "")
+    # A known caller on a known access number costs no round trip before the first prompt.
+    phone = server.callers.get(caller)
+    access = services.access_number_known(number) if phone is not None else None
+    if access is None:
+        access, phone = db(_caller, number, caller, server.callers)
     if access is None:
         return _refusal(session, db, uniqueid, "unknown access number", "custom/unknown-access")
     member = None  # the dialplan answered the call before it asked us
@@ -311,7 +321,9 @@ class Server(socketserver.TCPServer):
         self.sessions = ThreadPoolExecutor(max_workers=max_sessions, thread_name_prefix="fastagi")
         self.database = Database(db_connections)
         self.rates = RateCache(self.database.run)
+        self.callers = CallerCache()
         super().__init__(address, Handler)
+        self.callers.start()
 
     def warm(self, timeout: float = 60.0) -> None:
         """Load the rates of the decks in force before the first call. Without it the first
@@ -323,6 +335,8 @@ class Server(socketserver.TCPServer):
             return
         for thread in self.rates.load_later([deck.pk for _trunk, deck in routes if deck]):
             thread.join(timeout)
+        if connections[DEFAULT_DB_ALIAS].vendor == "postgresql":
+            self.callers.listening.wait(timeout)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
@@ -343,4 +357,5 @@ class Server(socketserver.TCPServer):
     def server_close(self) -> None:
         super().server_close()
         self.sessions.shutdown(wait=False, cancel_futures=True)
+        self.callers.stop()
         self.database.close()

@@ -508,6 +508,16 @@ def access_number(number: str) -> AccessNumber | None:
     return cached[1]
 
 
+def access_number_known(number: str) -> AccessNumber | None:
+    """The access number if ``access_number`` found it lately; never asks the database."""
+    import time
+
+    cached = _ACCESS.get(number)
+    if cached is None or time.monotonic() - cached[0] > ROUTES_TTL_S:
+        return None
+    return cached[1]
+
+
 _STATEMENTS: dict[tuple[str, str], str] = {}
 
 

@@ -73,14 +73,23 @@ def caller(alice) -> Phone:
 
 
 @pytest.fixture
-def agi_server(transactional_db: None) -> Iterator[tuple[str, int]]:
+def fastagi_server(transactional_db: None) -> Iterator[Server]:
     """The FastAGI server on a loopback port, in a thread of this process (same database)."""
-    port = free_port()
-    server = Server(("127.0.0.1", port), max_sessions=64, read_timeout=10)
+    server = Server(("127.0.0.1", free_port()), max_sessions=64, read_timeout=10)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )
     thread.start()
-    yield "127.0.0.1", port
+    # Calls that start before it listens are served all the same, from the database; tests
+    # that count statements want the usual state of a running server.
+    assert server.callers.listening.wait(10), "the server does not listen for caller changes"
+    yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def agi_server(fastagi_server: Server) -> tuple[str, int]:
+    """Where the FastAGI server listens."""
+    host, port = fastagi_server.server_address[:2]
+    return str(host), int(port)

@@ -299,6 +299,9 @@ class Handler(socketserver.StreamRequestHandler):
 class Server(socketserver.TCPServer):
     """A thread per session, up to ``max_sessions``, sharing ``db_connections`` connections.
 
+    On PostgreSQL one more connection, of the caller cache's thread, listens for changes to
+    phones, memberships and call plans (``telephony.callers``).
+
     Beyond ``max_sessions`` a new connection is closed at once (Asterisk's AGISTATUS is
     FAILURE and the dialplan hangs up politely). Session threads are kept and reused; one
     waiting for a caller's digits holds no database connection.

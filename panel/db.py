@@ -73,6 +73,9 @@ class _Statements:
     def close(self) -> None:
         pass
 
+    def __iter__(self) -> Any:
+        return iter(self.current)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.current, name)
 

@@ -329,8 +329,8 @@ class Server(socketserver.TCPServer):
         self.callers.start()
 
     def warm(self, timeout: float = 60.0) -> None:
-        """Load the rates of the decks in force before the first call. Without it the first
-        calls after a start ask the database while the tables load."""
+        """Load the rates of the decks in force, and listen for caller changes, before the
+        first call. Without it the first calls after a start ask the database for both."""
         try:
             routes = self.database.run(services.routes)
         except DatabaseError:

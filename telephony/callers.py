@@ -12,13 +12,16 @@ every call asks the database, as before.
 A change is seen by calls that start after its notification arrives, a millisecond or so after
 its commit. That is no new staleness: the identity was always read when a call starts, and
 the credit is held seconds later, after the caller has keyed in a number; the hold itself is
-always decided by the database.
+always decided by the database. An answer is kept for ``MAX_AGE_S`` at most all the same: a
+listening connection that died without a word (a network that drops packets instead of
+refusing them) would otherwise keep a removed phone calling until the server restarts.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -29,6 +32,12 @@ from telephony.models import CallPlan, Phone
 log = logging.getLogger(__name__)
 
 CHANNEL = "telephony_callers"
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 class CallerCache:
@@ -41,11 +50,12 @@ class CallerCache:
     """
 
     LIMIT = 100_000  # phones; past it everything is forgotten (a bound, not an eviction policy)
+    MAX_AGE_S = 60.0
     RETRY_S = 5.0
     POLL_S = 0.2  # how often the listening thread looks whether it should stop
 
     def __init__(self) -> None:
-        self.entries: dict[str, Phone] = {}
+        self.entries: dict[str, tuple[float, Phone]] = {}
         self.generation = 0
         self.listening = threading.Event()
         self._lock = threading.Lock()
@@ -54,7 +64,10 @@ class CallerCache:
 
     def get(self, caller: str) -> Phone | None:
         """The phone of ``caller`` if it is known, else None (then ask the database)."""
-        return self.entries.get(caller)
+        entry = self.entries.get(caller)
+        if entry is None or time.monotonic() - entry[0] > self.MAX_AGE_S:
+            return None
+        return entry[1]
 
     def fill(self, caller: str, phone: Phone | None, generation: int) -> None:
         """Keep what the database said of ``caller``, read after ``generation`` was taken."""
@@ -65,7 +78,7 @@ class CallerCache:
                 return  # something changed while it was read
             if len(self.entries) >= self.LIMIT:
                 self.entries.clear()
-            self.entries[caller] = phone
+            self.entries[caller] = (time.monotonic(), phone)
 
     def forget(self) -> None:
         with self._lock:
@@ -90,7 +103,9 @@ class CallerCache:
         db = connections.create_connection(DEFAULT_DB_ALIAS)
         while not self._stop.is_set():
             try:
-                pg = db.get_new_connection(db.get_connection_params())
+                # TCP keepalives: a peer gone without a word is noticed in about 25 s.
+                params = {**db.get_connection_params(), **KEEPALIVES}
+                pg = db.get_new_connection(params)
             except Exception as exc:
                 log.warning("FastAGI: cannot listen for caller changes (%s); calls ask", exc)
                 self._stop.wait(self.RETRY_S)

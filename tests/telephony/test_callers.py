@@ -91,6 +91,18 @@ def test_a_read_that_raced_a_change_is_not_kept(fastagi_server, carrier, access,
     assert caller.number in callers.entries
 
 
+def test_a_caller_is_kept_for_a_minute_at_most(fastagi_server, carrier, access, caller):
+    """Should the listening connection die without a word, no phone stays known for long."""
+    from telephony import services
+
+    callers = fastagi_server.callers
+    callers.fill(caller.number, services.identify(caller.number), callers.generation)
+    assert callers.get(caller.number) is not None
+    callers.MAX_AGE_S = 0.2
+    time.sleep(0.3)
+    assert callers.get(caller.number) is None
+
+
 def test_only_callers_identified_without_a_question_are_kept(
     fastagi_server, carrier, access, caller
 ):

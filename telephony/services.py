@@ -14,6 +14,7 @@ import io
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -476,8 +477,6 @@ def routes() -> list[tuple[Trunk, RateDeck | None]]:
     Every call setup needs them and they change rarely (a new deck, a trunk switched off);
     a few seconds of delay before a change is seen costs nothing, a query per call does.
     """
-    import time
-
     now = time.monotonic()
     if now - _ROUTES["at"] > ROUTES_TTL_S:
         trunks = list(
@@ -498,24 +497,26 @@ _ACCESS: dict[str, tuple[float, AccessNumber | None]] = {}
 
 def access_number(number: str) -> AccessNumber | None:
     """The access number called; cached like the routes (they change about never)."""
-    import time
-
-    now = time.monotonic()
-    cached = _ACCESS.get(number)
-    if cached is None or now - cached[0] > ROUTES_TTL_S:
-        cached = (now, AccessNumber.objects.filter(number=number).first())
-        _ACCESS[number] = cached
+    cached = _access_cached(number)
+    if cached is None:
+        cached = _ACCESS[number] = (
+            time.monotonic(),
+            AccessNumber.objects.filter(number=number).first(),
+        )
     return cached[1]
 
 
 def access_number_known(number: str) -> AccessNumber | None:
     """The access number if ``access_number`` found it lately; never asks the database."""
-    import time
+    cached = _access_cached(number)
+    return None if cached is None else cached[1]
 
+
+def _access_cached(number: str) -> tuple[float, AccessNumber | None] | None:
     cached = _ACCESS.get(number)
     if cached is None or time.monotonic() - cached[0] > ROUTES_TTL_S:
         return None
-    return cached[1]
+    return cached
 
 
 _STATEMENTS: dict[tuple[str, str], str] = {}

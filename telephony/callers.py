@@ -92,6 +92,10 @@ class CallerCache:
         self._thread = threading.Thread(target=self._listen, name="callers", daemon=True)
         self._thread.start()
 
+    def ready(self, timeout: float) -> bool:
+        """Wait until it listens, if it is to listen at all (not on SQLite)."""
+        return self._thread is None or self.listening.wait(timeout)
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -338,8 +338,7 @@ class Server(socketserver.TCPServer):
             return
         for thread in self.rates.load_later([deck.pk for _trunk, deck in routes if deck]):
             thread.join(timeout)
-        if connections[DEFAULT_DB_ALIAS].vendor == "postgresql":
-            self.callers.listening.wait(timeout)
+        self.callers.ready(timeout)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):

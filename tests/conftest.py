@@ -38,6 +38,7 @@ pytest_plugins = [
     "tests.newsletters.dnsserver",
     "tests.newsletters.fixtures",
     "tests.ansible.fixtures",
+    "tests.asterisk.fixtures",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

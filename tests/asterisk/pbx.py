@@ -152,6 +152,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def asterisk_environment() -> dict[str, str]:
+    """The environment for Asterisk: this process's, without TZ.
+
+    Django sets TZ to TIME_ZONE in the test process, and an Asterisk started with TZ set to
+    a zone other than UTC gets ``STRFTIME(,,%s)`` wrong by the zone's offset (an hour early
+    for Europe/Berlin), which the panel's dialplan bills from. Servers run it without TZ,
+    with the zone in /etc/localtime, where it is right.
+    """
+    return {key: value for key, value in os.environ.items() if key != "TZ"}
+
+
 def write_silence(path: Path, seconds: float = 0.2) -> None:
     """A silent 8 kHz mono 16-bit WAV: a prompt that plays (PLAYBACKSTATUS=SUCCESS) quickly."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -847,6 +858,7 @@ full => notice,warning,error,verbose,dtmf
             # kill() can take the whole group.
             start_new_session=True,
             cwd=self.workdir,
+            env=asterisk_environment(),
         )
         output.close()
         deadline = time.monotonic() + self.boot_timeout
@@ -932,6 +944,7 @@ full => notice,warning,error,verbose,dtmf
                 capture_output=True,
                 timeout=timeout,
                 stdin=subprocess.DEVNULL,
+                env=asterisk_environment(),
             )
         except subprocess.TimeoutExpired:
             raise PbxError(f"CLI {command!r} took over {timeout} s\n{self.log()}") from None

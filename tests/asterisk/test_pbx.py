@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import shutil
 import socket
 import threading
@@ -377,6 +378,20 @@ def test_calls_in_a_row_do_not_mix(stub_pbx: Pbx, agi: AgiStub) -> None:
         env = agi.session("open", call.uniqueid).env
         assert env["agi_callerid"] == f"+49151000000{n}"
         assert {e.get("Linkedid") for e in call.events if "Linkedid" in e} == {call.caller_uniqueid}
+
+
+def test_strftime_epoch_is_right_though_django_sets_tz(pbx: Pbx) -> None:
+    pbx.load_dialplan(
+        "[dialin]\n"
+        "exten => _X.,1,Set(STAMP=${STRFTIME(,,%s.%3q)})\n"
+        " same => n,Set(NOW=${EPOCH})\n"
+        " same => n,Hangup()\n"
+    )
+    call = pbx.call(DID[1:], context="dialin").wait_done(10)
+    stamp, now = call.variable("STAMP"), call.variable("NOW")
+    assert stamp
+    assert now
+    assert abs(float(stamp) - int(now)) < 2, (stamp, now, os.environ.get("TZ"))
 
 
 # --- The process ---------------------------------------------------------------------------------

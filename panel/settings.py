@@ -246,8 +246,20 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 8, minimum=1)
 
 # Telephony -----------------------------------------------------------------------------
 FASTAGI_LISTEN = env_str("FASTAGI_LISTEN", "127.0.0.1:4573")
+# Who may connect to the FastAGI port: the Asterisk nodes (addresses or networks). A stranger
+# on it could forge a caller ID or a hangup; the panel role firewalls the port as well.
+FASTAGI_ALLOW = env_list("FASTAGI_ALLOW", ["127.0.0.0/8", "::1/128"])
+# Authorize sessions last as long as callers take to key in digits; settles take
+# milliseconds and get slots of their own, so that they never wait behind callers.
 FASTAGI_MAX_SESSIONS = env_int("FASTAGI_MAX_SESSIONS", 64, minimum=1)
+FASTAGI_SETTLE_SESSIONS = env_int("FASTAGI_SETTLE_SESSIONS", 16, minimum=1)
+FASTAGI_MAX_PER_PEER = env_int("FASTAGI_MAX_PER_PEER", 80, minimum=1)
 FASTAGI_DB_CONNECTIONS = env_int("FASTAGI_DB_CONNECTIONS", 4, minimum=1)
+# On SIGTERM: stop accepting, let the sessions in progress finish for at most this long.
+FASTAGI_DRAIN_SECONDS = env_int("FASTAGI_DRAIN_SECONDS", 30, minimum=0)
+# The Asterisk nodes' manager interfaces, NAME=ami://USER:SECRET@HOST:PORT each: a beat job
+# reconciles calls whose hangup never reached a FastAGI server.
+ASTERISK_AMI = env_list("ASTERISK_AMI", [])
 
 # Newsletters. Campaigns go to one relay (newsletters/relay.py in front of Postfix, see
 # ansible/), which drops a Message-ID it has already accepted; bounces, complaints and mailto

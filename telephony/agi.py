@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import re
+import socket
+import time
 from typing import IO, Any
 
 from asterisk import agi as pyst2
@@ -40,8 +42,53 @@ class ChannelGone(AgiError):
         super().__init__(message, permanent=True)
 
 
+class SocketLines:
+    """Lines read from a socket, each within a deadline.
+
+    A socket timeout bounds each read, not a line: a peer sending a byte every few seconds
+    kept a session (and its slot) open for as long as it liked. Here a line must be complete
+    by ``deadline`` (monotonic seconds), or by ``timeout`` from when its reading began.
+    """
+
+    def __init__(self, sock: socket.socket, *, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.deadline: float | None = None
+        self.buffer = bytearray()
+
+    def readline(self, limit: int = 8192) -> bytes:
+        deadline = self.deadline if self.deadline is not None else time.monotonic() + self.timeout
+        while True:
+            end = self.buffer.find(b"\n", 0, limit)
+            if end >= 0 or len(self.buffer) >= limit:
+                cut = end + 1 if end >= 0 else limit
+                line = bytes(self.buffer[:cut])
+                del self.buffer[:cut]
+                return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no whole line in time")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                line = bytes(self.buffer)
+                self.buffer.clear()
+                return line
+            self.buffer += chunk
+
+
 class Session(pyst2.AGI):
-    """One FastAGI conversation with Asterisk over a connected socket's file objects."""
+    """One FastAGI conversation with Asterisk over a connected socket's file objects.
+
+    The environment block must arrive whole within ``ENV_SECONDS`` and stay within
+    ``ENV_LINES`` lines of ``LINE_BYTES`` each: Asterisk sends about 25 short lines at once,
+    and anything else is a stranger or a broken peer holding a slot.
+    """
+
+    ENV_SECONDS = 5.0
+    ENV_LINES = 200
+    LINE_BYTES = 4096
+    REPLY_SECONDS = 30.0
 
     def __init__(self, reader: IO[bytes] | Any, writer: IO[bytes] | Any) -> None:
         # Not pyst2's __init__: no SIGHUP handler, no writes to sys.stderr.
@@ -56,30 +103,42 @@ class Session(pyst2.AGI):
 
     # The wire --------------------------------------------------------------------------------
 
+    def _within(self, seconds: float | None) -> None:
+        """Give the next lines until ``seconds`` from now (None: each line its own timeout)."""
+        if isinstance(self.stdin, SocketLines):
+            self.stdin.deadline = None if seconds is None else time.monotonic() + seconds
+
     def _readline(self) -> str:
         try:
-            raw = self.stdin.readline(8192)
+            raw = self.stdin.readline(self.LINE_BYTES + 1)
         except TimeoutError:
             raise AgiError("Asterisk did not answer in time", permanent=False) from None
         except OSError as exc:
             raise AgiError(f"the connection broke: {exc}", permanent=False) from None
         if not raw:
             raise ChannelGone("Asterisk closed the connection")
+        if len(raw) > self.LINE_BYTES:
+            raise AgiError(f"a line longer than {self.LINE_BYTES} bytes", permanent=True)
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         self.transcript.append(("<<", line))
         return line
 
     def _read_env(self) -> None:
-        while True:
-            line = self._readline()
-            if line == "":
-                return
-            if line == "HANGUP":
-                self.hung_up = True
-                continue
-            key, _, value = line.partition(":")
-            if key.startswith("agi_"):
-                self.env[key.strip()] = value.strip()
+        self._within(self.ENV_SECONDS)
+        try:
+            for _ in range(self.ENV_LINES):
+                line = self._readline()
+                if line == "":
+                    return
+                if line == "HANGUP":
+                    self.hung_up = True
+                    continue
+                key, _, value = line.partition(":")
+                if key.startswith("agi_"):
+                    self.env[key.strip()] = value.strip()
+            raise AgiError(f"an environment of more than {self.ENV_LINES} lines", permanent=True)
+        finally:
+            self._within(None)
 
     def send_command(self, command: str, *args: Any) -> None:
         text = " ".join([command.strip(), *map(str, args)]).strip()
@@ -139,8 +198,16 @@ class Session(pyst2.AGI):
             raise ChannelGone("the caller hung up during a prompt")
 
     def read_digits(self, prompt: str, *, timeout_ms: int, max_digits: int) -> str:
-        """GET DATA: the digits keyed in ("" on a timeout with nothing typed)."""
-        value, _data = self.result_of("GET DATA", prompt, timeout_ms, max_digits)
+        """GET DATA: the digits keyed in ("" on a timeout with nothing typed).
+
+        Asterisk answers when the caller is done: the prompt, then up to the timeout for each
+        digit. The reply may take that long, and no longer.
+        """
+        self._within(self.REPLY_SECONDS + max_digits * timeout_ms / 1000)
+        try:
+            value, _data = self.result_of("GET DATA", prompt, timeout_ms, max_digits)
+        finally:
+            self._within(None)
         if value == "-1":
             raise ChannelGone("the caller hung up while keying in")
         return value

@@ -165,9 +165,19 @@ class Phone(models.Model):
 
 class CallState(models.TextChoices):
     REFUSED = "refused", _("Refused")
+    ABANDONED = "abandoned", _("Hung up before the decision")
     AUTHORIZED = "authorized", _("In progress")
     SETTLED = "settled", _("Done")
     EXPIRED = "expired", _("Never settled")
+
+
+class SettledBy(models.TextChoices):
+    """How a call's end reached the panel: operators look twice at anything but the first."""
+
+    HANGUP = "hangup", _("Hangup handler")
+    RECONCILIATION = "reconciliation", _("Reconciliation from Asterisk")
+    CHANNEL_GONE = "channel_gone", _("Channel gone without a hangup")
+    SERVER = "server", _("FastAGI server")
 
 
 class CallRecord(models.Model):
@@ -216,6 +226,18 @@ class CallRecord(models.Model):
     )
     cost = money_field(default=Decimal(0))
     hold_key = models.CharField(max_length=200, blank=True)
+    # The Asterisk node that carried the call (its name in ASTERISK_AMI): the reconciliation
+    # judges a call only by the node it came through.
+    node = models.CharField(max_length=63, blank=True)
+    # Tried by `manage.py dialin_check`, not by a member: kept out of the member's history.
+    is_check = models.BooleanField(default=False)
+    # Every trunk the call may go out by, in the order the dialplan tries them, each with its
+    # carrier's rate and the limit the hold gives it; the settle names the one that carried it.
+    routes = models.JSONField(default=list, blank=True)
+    route = models.PositiveSmallIntegerField(default=1)
+    # When the reconciliation last saw the call's channel up in Asterisk.
+    seen_at = models.DateTimeField(null=True, blank=True)
+    settled_by = models.CharField(max_length=16, choices=SettledBy.choices, blank=True)
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -228,3 +250,30 @@ class CallRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.caller} → {self.destination} ({self.state})"
+
+
+class PinLock(models.Model):
+    """Wrong PINs counted across calls, per account number and per caller ID.
+
+    A 4-digit PIN is 10,000 guesses; three tries per call would let a script through in an
+    afternoon. After ``FREE_TRIES`` wrong PINs the key is locked for a minute, each further
+    wrong PIN doubles the wait, and at ``BLOCK_AFTER`` it stays locked until the member (or
+    an admin) unlocks it in the panel. A right PIN forgets the count.
+    """
+
+    key = models.CharField(max_length=80, unique=True)  # account:NNN or caller:+49...
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    failures = models.PositiveIntegerField(default=0)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    blocked = models.BooleanField(default=False)
+    last_failure_at = models.DateTimeField(default=timezone.now)
+    # Set when the member must hear of a new lock; cleared by the job that emails them.
+    notify = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-last_failure_at"]
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.failures} wrong"

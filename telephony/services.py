@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import hmac
 import io
 import logging
 import re
@@ -21,15 +22,17 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import phonenumbers
 from django.conf import settings
-from django.contrib.auth.hashers import check_password, make_password
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
-from django.db.models import Max, Model
+from django.db.models import Max, Model, Q
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from panel.audit import audit_record
 from panel.db import bound_cursor
-from panel.models import Membership, MembershipStatus, Service, User
+from panel.mail import send_templated_mail
+from panel.models import HoldState, Membership, MembershipStatus, Service, User
 from panel.services import (
     InsufficientCredit,
     LedgerError,
@@ -39,7 +42,7 @@ from panel.services import (
 )
 from panel.services.ledger import SOURCE_KEY, money
 from panel.tasking import enqueue_on_commit
-from telephony import rating
+from telephony import pins, rating
 from telephony.models import (
     ADMIN_ONLY_CLASSES,
     DEFAULT_ALLOWED,
@@ -50,8 +53,10 @@ from telephony.models import (
     Carrier,
     DeckState,
     Phone,
+    PinLock,
     Rate,
     RateDeck,
+    SettledBy,
     Trunk,
 )
 
@@ -70,11 +75,20 @@ class TelephonyError(Exception):
 
 
 def plan_for(member: User) -> CallPlan:
-    plan, _ = CallPlan.objects.get_or_create(
-        member=member,
-        defaults={"allowed_classes": list(DEFAULT_ALLOWED), "account_number": f"{member.pk:06d}"},
-    )
-    return plan
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                plan, _created = CallPlan.objects.get_or_create(
+                    member=member,
+                    defaults={
+                        "allowed_classes": list(DEFAULT_ALLOWED),
+                        "account_number": pins.account_new(),
+                    },
+                )
+            return plan
+        except IntegrityError:
+            continue  # a random account number already taken (or a plan made meanwhile)
+    return CallPlan.objects.get(member=member)
 
 
 @transaction.atomic
@@ -119,10 +133,145 @@ def pin_set(*, member: User, pin: str) -> CallPlan:
     if not PIN.match(pin):
         raise TelephonyError("A PIN is 4 to 8 digits.")
     plan = plan_for(member)
-    CallPlan.objects.filter(pk=plan.pk).update(pin_hash=make_password(pin))
+    CallPlan.objects.filter(pk=plan.pk).update(pin_hash=pins.pin_hash(pin))
     audit_record(actor=member, action="call_plan.pin_set", obj=plan, owner=member)
     plan.refresh_from_db()
     return plan
+
+
+# Wrong PINs across calls ----------------------------------------------------------------------
+
+FREE_TRIES = 3
+BLOCK_AFTER = 10
+
+
+def pin_lock_keys(*, caller: str, account: str) -> list[str]:
+    """The keys a PIN attempt counts against: the account tried and the caller ID trying.
+
+    Callers without a caller ID share one key: a script dialling anonymously must not get
+    unlimited guesses, at the cost of anonymous callers locking each other out for a while.
+    """
+    caller_key = re.sub(r"[^0-9+]", "", caller)[:32] or "anonymous"
+    return [f"account:{account[:20]}", f"caller:{caller_key}"]
+
+
+@dataclass
+class PinCandidate:
+    """What a PIN is checked against, read before the (slow) hash is computed."""
+
+    member: User | None
+    pin_hash: str
+    locked: bool
+    keys: list[str]
+
+
+def pin_candidate(*, account: str = "", member: User | None = None, caller: str) -> PinCandidate:
+    """The member an account number (or the phone's member) stands for, and whether a lock
+    stops the attempt. One database step; the hash is checked after it, off the connection.
+    """
+    plan = (
+        CallPlan.objects.filter(member=member).select_related("member").first()
+        if member is not None
+        else CallPlan.objects.filter(account_number=account).select_related("member").first()
+        if pins.account_valid(account)
+        else None
+    )
+    keys = pin_lock_keys(caller=caller, account=plan.account_number if plan else account)
+    now = timezone.now()
+    locked = (
+        PinLock.objects.filter(key__in=keys)
+        .filter(Q(blocked=True) | Q(locked_until__gt=now))
+        .exists()
+    )
+    return PinCandidate(
+        member=plan.member if plan else None,
+        pin_hash=plan.pin_hash if plan else "",
+        locked=locked,
+        keys=keys,
+    )
+
+
+def pin_delay(failures: int) -> timedelta | None:
+    """How long a key stays locked after ``failures`` wrong PINs (None: not locked)."""
+    if failures < FREE_TRIES:
+        return None
+    return timedelta(minutes=min(2 ** (failures - FREE_TRIES), 24 * 60))
+
+
+@transaction.atomic
+def pin_outcome(*, candidate: PinCandidate, pin: str, right: bool, rehash: bool) -> None:
+    """Count a wrong PIN against its keys (or forget them after a right one)."""
+    if right:
+        PinLock.objects.filter(key__in=candidate.keys).delete()
+        if rehash and candidate.member is not None:
+            CallPlan.objects.filter(member=candidate.member).update(pin_hash=pins.pin_hash(pin))
+        return
+    now = timezone.now()
+    for key in candidate.keys:
+        member = candidate.member if key.startswith("account:") else None
+        lock, _ = PinLock.objects.select_for_update().get_or_create(
+            key=key, defaults={"member": member}
+        )
+        lock.failures += 1
+        lock.last_failure_at = now
+        delay = pin_delay(lock.failures)
+        was_locked = lock.blocked or lock.locked_until is not None
+        lock.locked_until = now + delay if delay else None
+        lock.blocked = lock.failures >= BLOCK_AFTER
+        # The account's member hears of it when a lock starts and when it becomes a block.
+        # A caller ID's lock names no member: whoever dialled from it is not known.
+        if member is not None and (
+            (delay and not was_locked) or (lock.blocked and lock.failures == BLOCK_AFTER)
+        ):
+            lock.notify = True
+        lock.save()
+
+
+def pin_locks_of(member: User) -> list[PinLock]:
+    """Locks on the member's account or on the caller IDs of the member's phones."""
+    plan = plan_for(member)
+    numbers = list(Phone.objects.filter(member=member).values_list("number", flat=True))
+    keys = [f"account:{plan.account_number}", *(f"caller:{n}" for n in numbers)]
+    return list(PinLock.objects.filter(key__in=keys))
+
+
+@transaction.atomic
+def pin_unlock(*, member: User, actor: User) -> int:
+    """Forget the wrong PINs counted against the member's account and phones."""
+    locks = pin_locks_of(member)
+    if not locks:
+        return 0
+    audit_record(
+        actor=actor,
+        action="call_plan.pin_unlocked",
+        obj=plan_for(member),
+        owner=member,
+        before={lock.key: lock.failures for lock in locks},
+        after={},
+    )
+    PinLock.objects.filter(pk__in=[lock.pk for lock in locks]).delete()
+    return len(locks)
+
+
+def pin_lock_notices() -> int:
+    """Email members whose account or phone was locked by wrong PINs; each lock once."""
+    sent = 0
+    for lock in PinLock.objects.filter(notify=True, member__isnull=False).select_related("member"):
+        if not PinLock.objects.filter(pk=lock.pk, notify=True).update(notify=False):
+            continue  # another worker took it
+        member = lock.member
+        assert member is not None  # noqa: S101  (filtered above)
+        try:
+            send_templated_mail(
+                "telephony/email/pin_locked",
+                to=member.email,
+                context={"user": member, "lock": lock, "caller": lock.key.partition(":")[2]},
+            )
+        except Exception:
+            PinLock.objects.filter(pk=lock.pk).update(notify=True)
+            raise
+        sent += 1
+    return sent
 
 
 @transaction.atomic
@@ -604,7 +753,36 @@ class Decision:
     prompt: str = ""
     limit_seconds: int = 0
     dial_strings: list[str] = field(default_factory=list)
+    limits: list[int] = field(default_factory=list)  # seconds, one per dial string
     call: CallRecord | None = None
+
+
+def caller_e164(caller: str, region: str) -> str:
+    """A caller ID as E.164, as carriers send it: +49151..., 0049151..., 49151..., 0151....
+
+    National forms are read in the access number's country. "" when it is no number (hidden,
+    "anonymous", garbage): such a caller is asked for account and PIN.
+    """
+    if E164.match(caller):
+        return caller  # the usual form costs no parsing
+    digits = re.sub(r"[\s()./-]", "", caller)
+    if not digits.lstrip("+").isdigit() or not 3 <= len(digits) <= 20:
+        return ""
+    if digits.startswith("00"):
+        candidates = ["+" + digits[2:]]
+    elif digits.startswith("+") or digits.startswith("0"):
+        candidates = [digits]
+    else:
+        # International without any prefix (49151...), else national without the trunk 0.
+        candidates = ["+" + digits, digits]
+    for text in candidates:
+        try:
+            number = phonenumbers.parse(text, region or None)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return rating.e164(number)
+    return ""
 
 
 def identify(caller: str) -> Phone | None:
@@ -723,18 +901,6 @@ def verify_phone(*, phone: Phone, code: str) -> bool:
     return bool(done)
 
 
-def member_by_account(account: str, pin: str) -> User | None:
-    plan = CallPlan.objects.filter(account_number=account).select_related("member").first()
-    if plan is None or not plan.pin_hash or not check_password(pin, plan.pin_hash):
-        return None
-    return plan.member
-
-
-def check_pin(member: User, pin: str) -> bool:
-    plan = CallPlan.objects.filter(member=member).first()
-    return bool(plan and plan.pin_hash and check_password(pin, plan.pin_hash))
-
-
 def _refuse(uniqueid: str, reason: str, prompt: str, **record: Any) -> Decision:
     call, created = CallRecord.objects.get_or_create(
         uniqueid=uniqueid, defaults={"state": CallState.REFUSED, "refusal": reason[:200], **record}
@@ -748,13 +914,70 @@ def _refuse(uniqueid: str, reason: str, prompt: str, **record: Any) -> Decision:
 
 
 def _earlier_decision(call: CallRecord) -> Decision:
+    if call.routes:
+        dials = [route["dial"] for route in call.routes]
+        limits = [int(route["limit"]) for route in call.routes]
+    else:  # authorized before calls kept their routes
+        dials = _dial_strings(call.destination)
+        limits = [call.limit_seconds] * len(dials)
     return Decision(
         ok=call.state == CallState.AUTHORIZED,
         reason=call.refusal,
         call=call,
         limit_seconds=call.limit_seconds,
-        dial_strings=_dial_strings(call.destination),
+        dial_strings=dials,
+        limits=limits,
     )
+
+
+Choice = tuple[Trunk, "RateDeck | None", Rate]
+
+
+@dataclass
+class Destination:
+    """What a caller keyed in, as a number, and the trunks whose carrier has a rate for it.
+
+    ``problem`` says why it cannot be called; ``retry`` that a typo is the likely cause
+    (not a number, no carrier has a rate), so the caller is asked again.
+    """
+
+    digits: str
+    e164: str = ""
+    klass: str = ""
+    choices: list[Choice] = field(default_factory=list)
+    problem: str = ""
+    prompt: str = ""
+    retry: bool = False
+
+
+def destination(
+    *,
+    digits: str,
+    region: str,
+    rate_lookup: Callable[[RateDeck, str], Rate | None] | None = None,
+) -> Destination:
+    """Read the destination a caller keyed in: number, class, and the trunks that carry it."""
+    lookup = rate_lookup or rate_for
+    try:
+        number = rating.normalize(digits, region)
+    except rating.NotANumber as exc:
+        return Destination(
+            digits=digits,
+            problem=f"not a number: {exc}",
+            prompt="custom/invalid-number",
+            retry=True,
+        )
+    e164 = rating.e164(number)
+    found = Destination(digits=digits, e164=e164, klass=rating.classify(number))
+    # Only trunks whose carrier has a rate for the number: failover to a carrier without one
+    # would carry a call nobody knows the price of.
+    for trunk, deck in routes():
+        rate = lookup(deck, e164) if deck else None
+        if rate is not None:
+            found.choices.append((trunk, deck, rate))
+    if not found.choices:
+        found.problem, found.prompt, found.retry = f"no rate for {e164}", "custom/no-rate", True
+    return found
 
 
 def call_authorize(
@@ -763,7 +986,10 @@ def call_authorize(
     member: User,
     caller: str,
     access_number: AccessNumber,
-    digits: str,
+    digits: str = "",
+    dest: Destination | None = None,
+    node: str = "",
+    is_check: bool = False,
     rate_lookup: Callable[[RateDeck, str], Rate | None] | None = None,
 ) -> Decision:
     """Decide a call, and if it may go out, hold the credit for it. One transaction.
@@ -771,55 +997,78 @@ def call_authorize(
     Asked twice for the same call (same uniqueid), it gives the first answer again: the hold
     key and the call record's unique uniqueid make the second attempt a no-op.
     ``rate_lookup`` finds the longest prefix (the FastAGI server's in-memory tables,
-    ``telephony.ratecache``); by default the database does.
+    ``telephony.ratecache``); by default the database does. ``dest`` is the destination
+    read already (the server reads it while the caller may still correct a typo).
     """
-    lookup = rate_lookup or rate_for
-    base = {"member": member, "caller": caller[:32], "access_number": access_number}
-    try:
-        number = rating.normalize(digits, access_number.country)
-    except rating.NotANumber as exc:
-        return _refuse(
-            uniqueid,
-            f"not a number: {exc}",
-            "custom/invalid-number",
-            destination=digits[:32],
-            **base,
-        )
-    e164 = rating.e164(number)
-    klass = rating.classify(number)
-    base.update(destination=e164, destination_class=klass)
+    if dest is None:
+        dest = destination(digits=digits, region=access_number.country, rate_lookup=rate_lookup)
+    base = {
+        "member": member,
+        "caller": caller[:32],
+        "access_number": access_number,
+        "node": node,
+        "is_check": is_check,
+    }
+    if not dest.e164:
+        return _refuse(uniqueid, dest.problem, dest.prompt, destination=dest.digits[:32], **base)
+    base.update(destination=dest.e164, destination_class=dest.klass)
     try:
         plan = member.call_plan  # fetched with the phone, usually
     except CallPlan.DoesNotExist:
         plan = plan_for(member)
-    if klass not in plan.allowed_classes:
+    if dest.klass not in plan.allowed_classes:
         return _refuse(
             uniqueid,
-            f"{klass} numbers are blocked by the call plan",
+            f"{dest.klass} numbers are blocked by the call plan",
             "custom/destination-blocked",
             **base,
         )
-    choice = None
-    for trunk, deck in routes():
-        rate = lookup(deck, e164) if deck else None
-        if rate is not None:
-            choice = (trunk, deck, rate)
-            break
-    if choice is None:
-        return _refuse(uniqueid, f"no rate for {e164}", "custom/no-rate", **base)
-    trunk, deck, rate = choice
+    if not dest.choices:
+        return _refuse(uniqueid, dest.problem, dest.prompt, **base)
     try:
         if _with_function():
-            decision = _hold_at_once(uniqueid, member, plan, trunk, deck, rate, e164, base)
+            decision = _hold_at_once(uniqueid, member, plan, dest, base)
             if decision is not None:
                 return decision
         with transaction.atomic():
-            decision = _hold_and_record(uniqueid, member, plan, trunk, deck, rate, e164, base)
+            decision = _hold_and_record(uniqueid, member, plan, dest, base)
     except IntegrityError:
         decision = None  # this uniqueid was decided before; the transaction left no trace
     if decision is None:
         return _earlier_decision(CallRecord.objects.get(uniqueid=uniqueid))
     return decision
+
+
+def _routes(amount: Decimal, dest: Destination) -> list[dict[str, Any]]:
+    """The trunks the call may go out by, each with its carrier's rate and the limit the
+    hold gives at that rate; trunks whose first block costs more than the hold are left out.
+    """
+    found = []
+    for trunk, deck, rate in dest.choices:
+        seconds = rating.affordable_seconds(
+            hold=amount,
+            per_minute=rate.per_minute,
+            connect_fee=rate.connect_fee,
+            initial=rate.initial_seconds,
+            increment=rate.increment_seconds,
+        )
+        if seconds <= 0:
+            continue
+        found.append(
+            {
+                "trunk": trunk.pk,
+                "deck": deck.pk if deck else None,
+                "rate": rate.pk,
+                "per_minute": str(rate.per_minute),
+                "connect_fee": str(rate.connect_fee),
+                "initial": rate.initial_seconds,
+                "increment": rate.increment_seconds,
+                "limit": seconds,
+                "dial": dial_string(trunk, dest.e164),
+                "label": f"{trunk.carrier.name} v{deck.version if deck else '?'} +{rate.prefix}",
+            }
+        )
+    return found
 
 
 _LOCK_BALANCE = """
@@ -832,10 +1081,7 @@ def _hold_and_record(
     uniqueid: str,
     member: User,
     plan: CallPlan,
-    trunk: Trunk,
-    deck: RateDeck | None,
-    rate: Rate,
-    e164: str,
+    dest: Destination,
     base: dict[str, Any],
 ) -> Decision:
     """The transaction of a call setup: the member's balance locked, then hold and record.
@@ -851,17 +1097,11 @@ def _hold_and_record(
         row = cursor.fetchone()
     available = Decimal(row[0]) if row else Decimal(0)
     amount = min(available, plan.per_call_cap).quantize(rating.EXACT)
-    seconds = rating.affordable_seconds(
-        hold=amount,
-        per_minute=rate.per_minute,
-        connect_fee=rate.connect_fee,
-        initial=rate.initial_seconds,
-        increment=rate.increment_seconds,
-    )
-    call = _call_record(uniqueid, seconds, trunk, deck, rate, base)
+    found = _routes(amount, dest) if amount > 0 else []
+    pays = bool(found)
+    call = _call_record(uniqueid, found, dest, base)
     key = call.hold_key
-    expires_at = timezone.now() + timedelta(seconds=seconds) + HOLD_MARGIN
-    pays = amount > 0 and seconds > 0
+    expires_at = timezone.now() + timedelta(seconds=call.limit_seconds) + HOLD_MARGIN
     one_statement = _in_one_statement()
     if one_statement and pays:
         busy, recorded = _hold_and_insert(
@@ -871,7 +1111,7 @@ def _hold_and_record(
             max_concurrent=plan.max_concurrent,
         )
         if recorded:
-            return _authorized(call, e164, trunk)
+            return _authorized(call)
     else:
         with connection.cursor() as cursor:
             cursor.execute(_BUSY, [member.pk])
@@ -898,22 +1138,24 @@ def _hold_and_record(
         # Cannot happen with the row locked above, unless the books changed underneath.
         return _refuse(uniqueid, "credit taken by other calls", "custom/no-credit", **base)
     call.save(force_insert=True)
-    return _authorized(call, e164, trunk)
+    return _authorized(call)
 
 
 def _call_record(
-    uniqueid: str,
-    seconds: int,
-    trunk: Trunk,
-    deck: RateDeck | None,
-    rate: Rate,
-    base: dict[str, Any],
+    uniqueid: str, found: list[dict[str, Any]], dest: Destination, base: dict[str, Any]
 ) -> CallRecord:
-    """The record of an authorized call, not saved yet: the rate as applied goes with it."""
+    """The record of an authorized call, not saved yet: the rate as applied goes with it.
+
+    It is rated by the first trunk the hold pays for; the settle moves it to the trunk that
+    carried it, when the first was unavailable.
+    """
+    chosen = {r.pk: (t, d, r) for t, d, r in dest.choices}
+    first = found[0] if found else None
+    trunk, deck, rate = chosen[first["rate"]] if first else dest.choices[0]
     return CallRecord(
         uniqueid=uniqueid,
         state=CallState.AUTHORIZED,
-        limit_seconds=seconds,
+        limit_seconds=first["limit"] if first else 0,
         deck=deck,
         rate=rate,
         per_minute=rate.per_minute,
@@ -922,6 +1164,7 @@ def _call_record(
         increment_seconds=rate.increment_seconds,
         trunk=trunk,
         hold_key=f"call:{uniqueid}",
+        routes=found,
         **base,
     )
 
@@ -943,10 +1186,7 @@ def _hold_at_once(
     uniqueid: str,
     member: User,
     plan: CallPlan,
-    trunk: Trunk,
-    deck: RateDeck | None,
-    rate: Rate,
-    e164: str,
+    dest: Destination,
     base: dict[str, Any],
 ) -> Decision | None:
     """PostgreSQL, the usual call setup: hold the whole per-call cap, in one round trip.
@@ -959,16 +1199,10 @@ def _hold_at_once(
     raises IntegrityError, and the statement left no trace.
     """
     amount = plan.per_call_cap.quantize(rating.EXACT)
-    seconds = rating.affordable_seconds(
-        hold=amount,
-        per_minute=rate.per_minute,
-        connect_fee=rate.connect_fee,
-        initial=rate.initial_seconds,
-        increment=rate.increment_seconds,
-    )
-    if amount <= 0 or seconds <= 0:
+    found = _routes(amount, dest) if amount > 0 else []
+    if not found:
         return None
-    call = _call_record(uniqueid, seconds, trunk, deck, rate, base)
+    call = _call_record(uniqueid, found, dest, base)
     if not SOURCE_KEY.match(call.hold_key):
         raise LedgerError(f"hold key {call.hold_key!r} does not match {SOURCE_KEY.pattern}")
     sql, params = _with_call_columns(_HOLD_AT_ONCE, call)
@@ -978,7 +1212,7 @@ def _hold_at_once(
         max_concurrent=plan.max_concurrent,
         key=call.hold_key,
         service=Service.CALLS,
-        expires=timezone.now() + timedelta(seconds=seconds) + HOLD_MARGIN,
+        expires=timezone.now() + timedelta(seconds=call.limit_seconds) + HOLD_MARGIN,
     )
     # Inside a caller's transaction, a savepoint keeps a used uniqueid from spoiling it.
     guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
@@ -994,7 +1228,7 @@ def _hold_at_once(
     call.pk = call_id
     call._state.adding = False
     call._state.db = connection.alias
-    return _authorized(call, e164, trunk)
+    return _authorized(call)
 
 
 def _with_call_columns(template: str, call: CallRecord) -> tuple[str, dict[str, Any]]:
@@ -1028,11 +1262,12 @@ def _in_one_statement() -> bool:
     return connection.vendor == "postgresql"
 
 
-def _authorized(call: CallRecord, e164: str, trunk: Trunk) -> Decision:
+def _authorized(call: CallRecord) -> Decision:
     return Decision(
         ok=True,
         limit_seconds=call.limit_seconds,
-        dial_strings=_dial_strings(e164, first=trunk),
+        dial_strings=[route["dial"] for route in call.routes],
+        limits=[int(route["limit"]) for route in call.routes],
         call=call,
     )
 
@@ -1095,41 +1330,67 @@ def _hold_and_insert(
     return int(busy), True
 
 
-def _dial_strings(e164: str, first: Trunk | None = None) -> list[str]:
-    """The chosen trunk first, then the others by priority (failover in the dialplan)."""
+def _dial_strings(e164: str) -> list[str]:
+    """Every active trunk by priority: only for calls recorded before routes were kept."""
     if not e164.startswith("+"):
         return []
-    trunks = [trunk for trunk, _deck in routes()]
-    if first is not None:
-        trunks = [first] + [t for t in trunks if t.pk != first.pk]
-    return [dial_string(t, e164) for t in trunks]
+    return [dial_string(trunk, e164) for trunk, _deck in routes()]
+
+
+def settle_token(uniqueid: str) -> str:
+    """What proves a settle comes from the call's own channel.
+
+    Given to the dialplan at authorize (SETTLE_TOKEN) and passed back by its hangup handler;
+    without it anyone reaching the port could bill any call, or make it free.
+    """
+    return salted_hmac("telephony.settle", uniqueid).hexdigest()[:24]
+
+
+def settle_token_valid(uniqueid: str, token: str) -> bool:
+    return hmac.compare_digest(settle_token(uniqueid), token or "")
+
+
+_SETTLE_FROM = (CallState.AUTHORIZED, CallState.EXPIRED)
 
 
 def call_settle(
-    *, uniqueid: str, dial_status: str, answered_at: Decimal | None, ended_at: Decimal | None
+    *,
+    uniqueid: str,
+    dial_status: str,
+    answered_at: Decimal | None,
+    ended_at: Decimal | None,
+    route: int = 1,
+    settled_by: str = SettledBy.HANGUP,
 ) -> CallRecord:
-    """Bill the connected time at the call's own rate; repeatable (the second time is a no-op).
+    """Bill the connected time at the rate of the trunk that carried the call; repeatable.
 
     ``answered_at`` and ``ended_at`` are epoch seconds from the dialplan: the callee's answer
     (stored by Dial's U() routine) and the hangup. Asterisk's own ANSWEREDTIME counts from the
-    caller's answer, before the prompts, and would overbill.
+    caller's answer, before the prompts, and would overbill. ``route`` is the trunk the
+    dialplan tried last (1 = the first). A call the expiry gave up on is still billed when
+    its hangup arrives late; the second settle of a call changes nothing.
     """
     call = _call_to_settle(uniqueid)
     if call is None:
         raise CallRecord.DoesNotExist(f"no call {uniqueid!r}")
-    if call.state != CallState.AUTHORIZED:
+    if call.state not in _SETTLE_FROM:
         return call
+    carried = _route_of(call, route)
     answered = dial_status == "ANSWER" and answered_at is not None and ended_at is not None
     connected = max(Decimal(0), (ended_at - answered_at)) if answered else Decimal(0)  # type: ignore[operator]
     # Asterisk's L() ends the call at the limit; timing noise past it is not billed.
-    connected = min(connected, Decimal(call.limit_seconds))
+    connected = min(connected, Decimal(carried["limit"]))
     billed = rating.billed_seconds(
         answered=answered and connected > 0,
         connected=connected,
-        initial=call.initial_seconds,
-        increment=call.increment_seconds,
+        initial=carried["initial"],
+        increment=carried["increment"],
     )
-    amount = rating.cost(billed=billed, per_minute=call.per_minute, connect_fee=call.connect_fee)
+    amount = rating.cost(
+        billed=billed,
+        per_minute=Decimal(carried["per_minute"]),
+        connect_fee=Decimal(carried["connect_fee"]),
+    )
     changes = {
         "state": CallState.SETTLED,
         "dial_status": dial_status[:20],
@@ -1137,6 +1398,16 @@ def call_settle(
         "billed_seconds": billed,
         "cost": amount,
         "ended_at": timezone.now(),
+        "route": carried["index"],
+        "trunk": carried["trunk"],
+        "deck": carried["deck"],
+        "rate": carried["rate"],
+        "per_minute": Decimal(carried["per_minute"]),
+        "connect_fee": Decimal(carried["connect_fee"]),
+        "initial_seconds": carried["initial"],
+        "increment_seconds": carried["increment"],
+        "limit_seconds": carried["limit"],
+        "settled_by": settled_by,
     }
     fields = [f for f in CallRecord._meta.concrete_fields if f.name in changes]
     db = connections[DEFAULT_DB_ALIAS]
@@ -1145,7 +1416,7 @@ def call_settle(
         lambda: (
             "UPDATE telephony_callrecord SET "  # noqa: S608  (column names from the model)
             + ", ".join(f"{f.column} = %s" for f in fields)
-            + " WHERE id = %s AND state = %s"
+            + " WHERE id = %s AND state IN (%s, %s)"
         ),
     )
     with transaction.atomic():
@@ -1155,7 +1426,7 @@ def call_settle(
                 [
                     *(f.get_db_prep_save(changes[f.name], db) for f in fields),
                     call.pk,
-                    CallState.AUTHORIZED,
+                    *_SETTLE_FROM,
                 ],
             )
             moved = cursor.rowcount
@@ -1169,7 +1440,7 @@ def call_settle(
                 quantity=Decimal(1),
                 unit="call",
                 unit_cost=amount,
-                cost_source=_rate_label(call, billed),
+                cost_source=_rate_label(call, carried, billed),
                 occurred_at=call.started_at,
                 holder=(call.member_id, Service.CALLS.value) if call.member_id else None,
             )
@@ -1177,8 +1448,27 @@ def call_settle(
             log.error("settling call %s: %s", uniqueid, exc)
             raise
     for name, value in changes.items():  # what the update wrote; no need to read it back
-        setattr(call, name, value)
+        setattr(call, name if name not in {"trunk", "deck", "rate"} else f"{name}_id", value)
     return call
+
+
+def _route_of(call: CallRecord, route: int) -> dict[str, Any]:
+    """The rate of the trunk that carried the call (the first one unless the dialplan says)."""
+    if call.routes:
+        index = route if 1 <= route <= len(call.routes) else 1
+        return {**call.routes[index - 1], "index": index}
+    return {  # a call recorded before calls kept their routes
+        "index": 1,
+        "trunk": call.trunk_id,
+        "deck": call.deck_id,
+        "rate": call.rate_id,
+        "per_minute": str(call.per_minute),
+        "connect_fee": str(call.connect_fee),
+        "initial": call.initial_seconds,
+        "increment": call.increment_seconds,
+        "limit": call.limit_seconds,
+        "label": "",
+    }
 
 
 _CALL_TO_SETTLE = """
@@ -1209,18 +1499,55 @@ def _call_to_settle(uniqueid: str) -> CallRecord | None:
     return call
 
 
-def _rate_label(call: CallRecord, billed: int) -> str:
+def _rate_label(call: CallRecord, carried: dict[str, Any], billed: int) -> str:
     """Where the cost comes from, for the usage line; ``call`` comes from _CALL_TO_SETTLE."""
-    deck = f"{call.deck_carrier} v{call.deck_version}" if call.deck_id else "None"  # type: ignore[attr-defined]
-    prefix = call.rate_prefix if call.rate_id else "?"  # type: ignore[attr-defined]
+    where = carried.get("label") or (
+        f"{call.deck_carrier} v{call.deck_version} +{call.rate_prefix}"  # type: ignore[attr-defined]
+        if call.deck_id
+        else "None +?"
+    )
     return (
-        f"{deck} +{prefix}: {call.per_minute}/min, {call.connect_fee} connect, "
-        f"{call.initial_seconds}/{call.increment_seconds}s, {billed}s to {call.destination}"
+        f"{where}: {carried['per_minute']}/min, {carried['connect_fee']} connect, "
+        f"{carried['initial']}/{carried['increment']}s, {billed}s to {call.destination}"
     )
 
 
+def call_abandoned(
+    *,
+    uniqueid: str,
+    reason: str,
+    caller: str = "",
+    access_number: AccessNumber | None = None,
+    member: User | None = None,
+    node: str = "",
+    is_check: bool = False,
+) -> CallRecord:
+    """Record a caller who hung up before the decision (nothing held, nothing billed).
+
+    Before, such calls left no trace: operators could not tell a caller who gave up at the
+    PIN prompt from one who never called.
+    """
+    call, _ = CallRecord.objects.get_or_create(
+        uniqueid=uniqueid,
+        defaults={
+            "state": CallState.ABANDONED,
+            "refusal": reason[:200],
+            "caller": caller[:32],
+            "access_number": access_number,
+            "member": member,
+            "node": node,
+            "is_check": is_check,
+        },
+    )
+    return call
+
+
 def expire_unsettled_calls(*, now: datetime | None = None) -> int:
-    """Calls that never settled (Asterisk crashed, the hangup handler failed): free the hold."""
+    """Calls that never settled and that no reconciliation could judge: free the hold.
+
+    The last resort, for nodes without a manager interface configured or out of reach; the
+    hold expires, so that a hangup that still arrives bills the call (once).
+    """
     now = now or timezone.now()
     count = 0
     for call in CallRecord.objects.filter(state=CallState.AUTHORIZED).select_related("member"):
@@ -1229,7 +1556,7 @@ def expire_unsettled_calls(*, now: datetime | None = None) -> int:
         if CallRecord.objects.filter(pk=call.pk, state=CallState.AUTHORIZED).update(
             state=CallState.EXPIRED, ended_at=now
         ):
-            credit_release(key=call.hold_key)
+            credit_release(key=call.hold_key, state=HoldState.EXPIRED)
             count += 1
     return count
 

@@ -798,6 +798,10 @@ def credit_settle(
 ) -> CreditHold:
     """Charge the actual ``amount`` of a hold as usage and free the rest.
 
+    A hold that expired (its credit freed by ``release_expired_holds``) can still be
+    settled: what it reserved for happened all the same (a call whose hangup arrived late),
+    so it is charged, once, and the freed credit is not freed twice. A released hold cannot.
+
     The usage line defaults to one item at ``amount``; a service may describe it exactly
     (e.g. 3.5 minutes at a rate), as long as quantity times unit cost is the amount.
     ``holder``, the member id and service of the hold, spares reading the hold first when
@@ -825,11 +829,18 @@ def credit_settle(
         settled = CreditHold.objects.filter(pk=hold.pk, state=HoldState.HELD).update(
             state=HoldState.SETTLED, settled_amount=amount, ended_at=timezone.now()
         )
+        if settled:
+            MemberBalance.objects.filter(member=hold.member).update(held=F("held") - hold.amount)
+        else:
+            # An expired hold freed its credit already; what it was for may still have
+            # happened (a call whose hangup came late), and is charged all the same, once.
+            settled = CreditHold.objects.filter(pk=hold.pk, state=HoldState.EXPIRED).update(
+                state=HoldState.SETTLED, settled_amount=amount, ended_at=timezone.now()
+            )
         if not settled:
             if hold.state == HoldState.SETTLED and hold.settled_amount == amount:
                 return hold
             raise LedgerError(f"hold {key!r} is {hold.state}, it cannot be settled")
-        MemberBalance.objects.filter(member=hold.member).update(held=F("held") - hold.amount)
         if amount > 0:
             if quantity is None or unit_cost is None:
                 quantity, unit_cost = Decimal(1), amount

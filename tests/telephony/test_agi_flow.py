@@ -33,9 +33,11 @@ def call(server, *, uniqueid="call-1", caller="+4915123456789", dtmf=("004412345
     )
 
 
-def settle(server, uniqueid, status="ANSWER", answered=None, ended=None):
+def settle(server, uniqueid, status="ANSWER", answered=None, ended=None, route=1, token=None):
+    """The hangup handler's settle, with the token the call was given at authorize."""
     host, port = server
-    args = [status, str(answered or ""), str(ended or "")]
+    token = services.settle_token(uniqueid) if token is None else token
+    args = [status, str(answered or ""), str(ended or ""), str(route), token]
     return asterisk_sim.run(
         asterisk_sim.Call(uniqueid=uniqueid, caller="", access="", script="settle", args=args),
         host,
@@ -52,7 +54,7 @@ def test_verified_caller_id_goes_out_with_a_limit_from_the_hold(
     assert done.variables["DIAL_STRING_2"] == "PJSIP/+442079460123@carrier1b"
     # 5.00 of credit, per-call cap 5.00, UK at 0.015/min in 60/1: 60 s + (5 - 0.015) / 0.00025 s
     # = 20000 s, more than the longest call allowed (4 hours).
-    assert done.variables["LIMIT_MS"] == str(4 * 3600 * 1000)
+    assert done.variables["LIMIT_MS_1"] == str(4 * 3600 * 1000)
     record = CallRecord.objects.get(uniqueid="call-1")
     assert record.state == CallState.AUTHORIZED
     assert record.destination == "+442079460123"
@@ -67,7 +69,7 @@ def test_authorize_asked_twice_gives_the_first_answer(agi_server, carrier, acces
     first = call(agi_server, uniqueid="twice")
     again = call(agi_server, uniqueid="twice")
     assert first.variables["AUTH_RESULT"] == again.variables["AUTH_RESULT"] == "OK"
-    assert first.variables["LIMIT_MS"] == again.variables["LIMIT_MS"]
+    assert first.variables["LIMIT_MS_1"] == again.variables["LIMIT_MS_1"]
     assert CreditHold.objects.filter(member=alice).count() == 1
     assert MemberBalance.objects.get(member=alice).held == Decimal("5")
 
@@ -127,8 +129,8 @@ def test_phone_is_verified_by_calling_and_keying_the_code(
     ("dtmf", "reason", "prompt"),
     [
         (["*#*", "12", "##"], "not a number", "custom/invalid-number"),
-        (["00999123456"], "not a number", "custom/invalid-number"),
-        (["0033123456789"], "no rate for", "custom/no-rate"),
+        (["00999123456"] * 3, "not a number", "custom/invalid-number"),
+        (["0033123456789"] * 3, "no rate for", "custom/no-rate"),
         (["09001234567"], "blocked by the call plan", "custom/destination-blocked"),
     ],
 )
@@ -140,6 +142,16 @@ def test_refusals_play_a_prompt_and_say_why(
     assert reason in done.variables["AUTH_REASON"]
     assert any(prompt in command for direction, command in done.transcript if direction == ">>")
     assert CallRecord.objects.get(uniqueid="call-1").state == CallState.REFUSED
+
+
+def test_a_mistyped_destination_is_asked_for_again(agi_server, carrier, access, caller):
+    """Not a number, then a number no carrier has a rate for, then the right one."""
+    done = call(agi_server, dtmf=["00999123456", "0033123456789", "030123456"])
+    assert done.variables["AUTH_RESULT"] == "OK"
+    prompts = [c for d, c in done.transcript if d == ">>" and "STREAM FILE" in c]
+    assert any("invalid-number" in p for p in prompts)
+    assert any("no-rate" in p for p in prompts)
+    assert CallRecord.objects.get(uniqueid="call-1").destination == "+4930123456"
 
 
 def test_a_suspended_member_is_refused_before_keying_in_a_number(

@@ -32,11 +32,13 @@ class Command(BaseCommand):
         host, _, port = options["server"].rpartition(":")
         digits = options["destination"].replace("+", "00")
         dtmf = [d for d in (options["account"], options["pin"]) if d] + [digits]
+        # "check": the record is kept out of the member's call history.
         call = asterisk_sim.Call(
             uniqueid=f"check-{secrets.token_hex(6)}",
             caller=options["caller"],
             access=access,
-            args=[access, options["caller"]],
+            script="authorize?check=1",
+            args=[access, options["caller"], "check"],
             dtmf=dtmf,
         )
         try:
@@ -51,19 +53,21 @@ class Command(BaseCommand):
         if decision != "OK":
             self.stdout.write(f"reason: {variables.get('AUTH_REASON', '(none given)')}")
             return
-        self.stdout.write(f"limit: {int(variables['LIMIT_MS']) // 1000} s")
         for n in range(1, int(variables.get("DIAL_COUNT", "0")) + 1):
-            self.stdout.write(f"dial string {n}: {variables[f'DIAL_STRING_{n}']}")
+            limit = int(variables[f"LIMIT_MS_{n}"]) // 1000
+            self.stdout.write(f"dial string {n}: {variables[f'DIAL_STRING_{n}']} (limit {limit} s)")
         # Nothing was dialled: settle as unanswered so that the hold is freed at once.
-        asterisk_sim.run(
+        settled = asterisk_sim.run(
             asterisk_sim.Call(
                 uniqueid=call.uniqueid,
                 caller=call.caller,
                 access=access,
                 script="settle",
-                args=["CHECK"],
+                args=["CHECK", "", "", "1", variables.get("SETTLE_TOKEN", "")],
             ),
             host or "127.0.0.1",
             int(port),
         )
+        if settled.variables.get("SETTLED") != "OK":
+            raise CommandError(f"the settle was not taken: {settled.variables.get('SETTLED')}")
         self.stdout.write("settled as unanswered: nothing charged")

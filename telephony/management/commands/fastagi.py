@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import signal
+import threading
 from typing import Any
 
 from django.conf import settings
@@ -17,11 +19,18 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--listen", default=settings.FASTAGI_LISTEN, help="HOST:PORT")
         parser.add_argument("--max-sessions", type=int, default=settings.FASTAGI_MAX_SESSIONS)
+        parser.add_argument("--settle-sessions", type=int, default=settings.FASTAGI_SETTLE_SESSIONS)
         parser.add_argument(
             "--db-connections",
             type=int,
             default=settings.FASTAGI_DB_CONNECTIONS,
             help="database connections the sessions' queries share",
+        )
+        parser.add_argument(
+            "--drain-seconds",
+            type=float,
+            default=settings.FASTAGI_DRAIN_SECONDS,
+            help="on SIGTERM, how long sessions in progress may take to finish",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -29,6 +38,9 @@ class Command(BaseCommand):
         server = Server(
             (host, int(port)),
             max_sessions=options["max_sessions"],
+            settle_sessions=options["settle_sessions"],
+            max_per_peer=settings.FASTAGI_MAX_PER_PEER,
+            allow=settings.FASTAGI_ALLOW,
             db_connections=options["db_connections"],
         )
         server.warm()
@@ -38,10 +50,23 @@ class Command(BaseCommand):
         # being set up meanwhile.
         gc.collect()
         gc.freeze()
+        # A deploy restarts the server with SIGTERM: stop accepting (Asterisk goes to the
+        # other server), let the calls being set up and the hangups being billed finish,
+        # then exit. Killed outright, it would cut callers mid-PIN and lose their settles.
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        serving = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="accept"
+        )
+        serving.start()
         self.stdout.write(f"FastAGI listening on {host}:{port}")
-        try:
-            server.serve_forever(poll_interval=0.5)
-        except KeyboardInterrupt:
+        self.stdout.flush()
+        while not stop.wait(0.5):
             pass
-        finally:
-            server.server_close()
+        self.stdout.write("FastAGI stopping: no new sessions, waiting for those in progress")
+        self.stdout.flush()
+        cut = server.drain(options["drain_seconds"])
+        serving.join(5)
+        server.server_close()
+        self.stdout.write(f"FastAGI stopped ({cut} sessions cut)")

@@ -69,6 +69,26 @@ def test_release_and_expiry_free_the_credit(alice):
     assert MemberBalance.objects.get(member=alice).held == 0
 
 
+def test_an_expired_hold_settled_late_is_charged_once(alice):
+    """The ledger's expiry ran before the late settle (a hangup that came after the margin)."""
+    pay(alice, "2.00", "p1")
+    hold(alice, "late", "2.00", minutes=-1)
+    assert ledger.release_expired_holds() == 1
+    assert MemberBalance.objects.get(member=alice).held == 0
+    ledger.credit_settle(key="late", amount=Decimal("0.75"))
+    ledger.credit_settle(key="late", amount=Decimal("0.75"))  # told twice
+    settled = CreditHold.objects.get(key="late")
+    assert (settled.state, settled.settled_amount) == (HoldState.SETTLED, Decimal("0.75"))
+    balance = MemberBalance.objects.get(member=alice)
+    assert (balance.held, balance.unbilled) == (0, Decimal("0.75"))
+    assert UsageEvent.objects.filter(source_key="hold:late").count() == 1
+    # A hold released on purpose (nothing happened) is not charged later.
+    hold(alice, "released", "1.00")
+    ledger.credit_release(key="released")
+    with pytest.raises(LedgerError, match="released"):
+        ledger.credit_settle(key="released", amount=Decimal("0.10"))
+
+
 def test_the_same_hold_key_twice_is_the_same_hold(alice, bob):
     pay(alice, "2.00", "p1")
     first = hold(alice, "same")

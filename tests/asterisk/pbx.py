@@ -418,6 +418,7 @@ class Call:
         self.prompts_seen: list[str] = []
         self.digits_sent: list[str] = []
         self.errors: list[str] = []
+        self._keying = threading.Lock()
         self.originate_id = ""
         self.originate_response: Event | None = None
         self.answered_at: float | None = None
@@ -449,12 +450,17 @@ class Call:
             return
         if uniqueid != self.uniqueid:
             return
-        prompt = None
+        prompt, most = None, ""
         if name == "AGIExecStart" and event.get("Command", "").upper().startswith("GET DATA "):
-            prompt = event["Command"].split()[2] if len(event["Command"].split()) > 2 else ""
+            # GET DATA FILE [TIMEOUT [MAXDIGITS]]
+            words = event["Command"].split()
+            prompt = words[2] if len(words) > 2 else ""
+            most = words[4] if len(words) > 4 else ""
         elif name == "Newexten" and event.get("Application", "").lower() == "read":
+            # Read(VARIABLE,FILE,MAXDIGITS,...)
             args = event.get("AppData", "").split(",")
             prompt = args[1] if len(args) > 1 else ""
+            most = args[2] if len(args) > 2 else ""
         elif name == "DialEnd" and event.get("DialStatus") == "ANSWER":
             self.answered_at = time.monotonic()
             if self.script.hangup_after_answer is not None:
@@ -462,16 +468,20 @@ class Call:
                 timer.daemon = True
                 timer.start()
         if prompt is not None:
-            self._on_prompt(prompt)
+            self._on_prompt(prompt, int(most) if most.isdigit() and int(most) > 0 else None)
 
-    def _on_prompt(self, prompt: str) -> None:
+    def _on_prompt(self, prompt: str, most: int | None) -> None:
         step = len(self.prompts_seen)
         self.prompts_seen.append(prompt)
         at = self.script.hangup_at
         if (isinstance(at, int) and at == step) or (isinstance(at, str) and _matches(prompt, at)):
             self.pbx._later(self.hangup)
         elif step < len(self.script.digits):
-            keys = self.script.digits[step] + self.script.terminator
+            keys = self.script.digits[step]
+            # A prompt that has all its digits ends there; a # after them would end the next
+            # prompt instead, as it would for a real caller.
+            if most is None or len(keys) < most:
+                keys += self.script.terminator
             self.digits_sent.append(keys)
             self.pbx._later(lambda: self._key_in(keys))
 
@@ -482,6 +492,11 @@ class Call:
         # one (AST_MIN_DTMF_GAP) until the next frame is read, and a Local channel without
         # media reads none, so GET DATA would time out with the digits still held.
         client = self.pbx.ami
+        # One prompt's digits after the other's, never interleaved.
+        with self._keying:
+            self._key_digits(client, keys)
+
+    def _key_digits(self, client: EventClient, keys: str) -> None:
         for digit in keys:
             mark = client.mark()
 

@@ -259,7 +259,15 @@ def stub_pbx(pbx: Pbx, agi: AgiStub) -> Pbx:
 
 def test_the_caller_keys_digits_into_both_get_datas(stub_pbx: Pbx, agi: AgiStub) -> None:
     call = stub_pbx.call(DID, caller_id=CALLER, digits=["1234", "4930123"])
+    # A PIN as long as GET DATA's maximum ends the prompt by itself: no # after it.
+    full = stub_pbx.call(DID, digits=["12345678", "004930123456789"])
     call.wait_done(20)
+    full.wait_done(20)
+    assert agi.session("authorize", full.uniqueid).replies[:2] == [
+        "200 result=12345678",
+        "200 result=004930123456789",
+    ]
+    assert full.digits_sent == ["12345678", "004930123456789#"]
     session = agi.session("authorize", call.uniqueid)
     assert session.replies == ["200 result=1234", "200 result=4930123", "200 result=1"]
     assert session.env["agi_dnid"] == DID
@@ -367,6 +375,14 @@ def test_plus_and_plain_dids_reach_their_extensions(stub_pbx: Pbx, agi: AgiStub)
         call.wait_done(20)
         assert call.variable("WHICH") == which, call.describe()
         assert agi.session("open", call.uniqueid).env["agi_dnid"] == dnid
+
+
+def test_a_did_with_no_extension_ends_the_call(stub_pbx: Pbx) -> None:
+    call = stub_pbx.call("4930999999").wait_done(10)
+    assert call.originate_response is not None
+    assert call.originate_response["Response"] == "Failure"
+    assert call.agi_commands() == []
+    assert "4930999999" in stub_pbx.log()
 
 
 def test_calls_in_a_row_do_not_mix(stub_pbx: Pbx, agi: AgiStub) -> None:

@@ -35,6 +35,10 @@ app.conf.beat_schedule = {
         "schedule": float(env_int("NEWSLETTER_MAINTENANCE_SECONDS", 30, minimum=1)),
     },
     "calls-expire-unsettled": {"task": "telephony.tasks.expire_unsettled_calls", "schedule": 60.0},
+    # A hangup that reached no FastAGI server is billed from what Asterisk kept, and a call
+    # whose channel is gone frees its hold, within a pass (ASTERISK_AMI names the nodes).
+    "calls-reconcile": {"task": "telephony.tasks.reconcile_calls", "schedule": 30.0},
+    "calls-pin-lock-notices": {"task": "telephony.tasks.notify_pin_locks", "schedule": 60.0},
     "purge-expired-sessions": {
         "task": "panel.tasks.purge_expired_sessions",
         "schedule": crontab(hour="3", minute="17"),

@@ -3,7 +3,15 @@ from __future__ import annotations
 from django.contrib import admin
 
 from panel.admin_site import ReadOnlyAdmin
-from telephony.models import AccessNumber, CallPlan, CallRecord, Carrier, RateDeck, Trunk
+from telephony.models import (
+    AccessNumber,
+    CallPlan,
+    CallRecord,
+    Carrier,
+    PinLock,
+    RateDeck,
+    Trunk,
+)
 
 
 @admin.register(AccessNumber)
@@ -43,6 +51,18 @@ class CallRecordAdmin(ReadOnlyAdmin):
         "state",
         "billed_seconds",
         "cost",
+        "node",
+        "settled_by",
     )
-    list_filter = ("state",)
+    list_filter = ("state", "settled_by", "is_check", "node")
     search_fields = ("uniqueid", "caller", "destination")
+
+
+@admin.register(PinLock)
+class PinLockAdmin(admin.ModelAdmin):
+    """Admins unlock a caller here (delete the row); the deletion is audited like any change."""
+
+    list_display = ("key", "member", "failures", "locked_until", "blocked", "last_failure_at")
+    list_filter = ("blocked",)
+    search_fields = ("key", "member__email")
+    readonly_fields = ("key", "member", "failures", "last_failure_at", "notify")

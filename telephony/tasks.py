@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from telephony import services
+from telephony import reconcile, services
 
 
 @shared_task(acks_late=True)
@@ -15,3 +15,14 @@ def import_deck(deck_id: int) -> str:
 @shared_task
 def expire_unsettled_calls() -> int:
     return services.expire_unsettled_calls()
+
+
+@shared_task
+def reconcile_calls() -> dict[str, str]:
+    """Settle what Asterisk kept and end calls whose channel is gone (every 30 s)."""
+    return {node: str(result) for node, result in reconcile.reconcile_all().items()}
+
+
+@shared_task
+def notify_pin_locks() -> int:
+    return services.pin_lock_notices()

@@ -8,6 +8,7 @@ urlpatterns = [
     path("phones/", views.phone_add, name="phone_add"),
     path("phones/<int:pk>/remove/", views.phone_remove, name="phone_remove"),
     path("pin/", views.pin, name="pin"),
+    path("pin/unlock/", views.pin_unlock, name="pin_unlock"),
     path("plan/", views.plan, name="plan"),
     path("staff/decks/", views.staff_decks, name="staff_decks"),
     path("staff/live/", views.staff_live, name="staff_live"),

@@ -8,19 +8,19 @@ from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from panel.access import member_required, permission_required
 from panel.selectors.ledger import balance_of
 from panel.views.core import _user
-from telephony import rating, services
+from telephony import rating, selectors, services
 from telephony.forms import DeckForm, PhoneForm, PinForm, PlanForm, QuoteForm
 from telephony.models import (
     ADMIN_ONLY_CLASSES,
     AccessNumber,
     CallRecord,
-    CallState,
     Phone,
     RateDeck,
 )
@@ -34,7 +34,11 @@ def _context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
         "balance": balance_of(user),
         "phones": Phone.objects.filter(member=user),
         "access_numbers": AccessNumber.objects.all(),
-        "calls": CallRecord.objects.filter(member=user).select_related("deck", "rate")[:50],
+        "calls": CallRecord.objects.filter(member=user, is_check=False).select_related(
+            "deck", "rate"
+        )[:50],
+        "pin_locks": services.pin_locks_of(user),
+        "now": timezone.now(),
         "phone_form": PhoneForm(),
         "pin_form": PinForm(),
         "plan_form": PlanForm(
@@ -125,6 +129,15 @@ def plan(request: HttpRequest) -> HttpResponse:
     return render(request, "telephony/index.html", _context(request, plan_form=form), status=422)
 
 
+@member_required
+@require_POST
+def pin_unlock(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    if services.pin_unlock(member=user, actor=user):
+        messages.success(request, _("Calls with your PIN are unlocked."))
+    return redirect("telephony:index")
+
+
 @permission_required("telephony.add_ratedeck")
 @require_http_methods(["GET", "POST"])
 def staff_decks(request: HttpRequest) -> HttpResponse:
@@ -155,8 +168,11 @@ def staff_decks(request: HttpRequest) -> HttpResponse:
 @permission_required("telephony.view_callrecord")
 @require_GET
 def staff_live(request: HttpRequest) -> HttpResponse:
-    calls = CallRecord.objects.filter(state=CallState.AUTHORIZED).select_related("member", "trunk")
     template = (
         "telephony/_live.html" if getattr(request, "htmx", False) else "telephony/staff_live.html"
     )
-    return render(request, template, {"calls": calls, "currency": settings.CURRENCY})
+    return render(
+        request,
+        template,
+        {**selectors.live_calls(now=timezone.now()), "currency": settings.CURRENCY},
+    )

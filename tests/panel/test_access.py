@@ -32,6 +32,7 @@ MEMBERS_ONLY = {
     "provisioning:keys",
     "telephony:phone_add",
     "telephony:pin",
+    "telephony:pin_unlock",
     "telephony:plan",
     "newsletters:domain_add",
     "newsletters:list_new",

@@ -72,9 +72,9 @@ def test_dialplan_has_the_hangup_handler_the_limits_and_the_answer_time(access):
     assert "Playback(custom/try-later)" in plan
     assert (
         "Dial(${DIAL_STRING_${TRY}},45,iL(${LIMIT_MS_${TRY}}:60000:30000)"
-        "U(panel-answered^${CHANNEL}^${UNIQUEID}))" in plan
+        "U(panel-answered^${CHANNEL}^${UNIQUEID}^${TRY}))" in plan
     )
-    assert "Set(DB(panel/answer/${ARG2})=${EPOCH})" in plan
+    assert "Set(DB(panel/answer/${ARG2})=${EPOCH}/${ARG3})" in plan
     assert (
         "Set(DB(panel/settle/${UNIQUEID})="
         "${DIALSTATUS}/${PANEL_ANSWER}/${PANEL_END}/${TRY}/${SETTLE_TOKEN})" in plan

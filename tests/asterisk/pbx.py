@@ -197,6 +197,7 @@ class EventClient:
         self._sock, self._reader = ami.connect(target, timeout=timeout)
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
         self._responses: dict[str, Event] = {}
         self._lists: dict[str, list[Event]] = {}
         # Recent events, for waits that start after their event: _history[i] has the
@@ -266,6 +267,7 @@ class EventClient:
             subscriber(message)
 
     def close(self) -> None:
+        """Log off and stop the reader thread; waiters get PbxError."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -278,6 +280,7 @@ class EventClient:
 
     @property
     def alive(self) -> bool:
+        """False once the connection closed (Asterisk stopped or died, or close())."""
         return not self._closed
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
@@ -321,6 +324,7 @@ class EventClient:
                 self._cond.wait(remaining)
 
     def new_action_id(self) -> str:
+        """An ActionID for an action sent later, for matching its events before it is sent."""
         return f"t-{next(self._ids)}"
 
     def _send(
@@ -338,7 +342,9 @@ class EventClient:
                 raise PbxError(f"the AMI connection is closed: {self.error}")
             if listing:
                 self._lists[action_id] = []
-        self._sock.sendall(data)
+        # Callers key in digits from threads of their own: one action's bytes at a time.
+        with self._send_lock:
+            self._sock.sendall(data)
         return action_id
 
     def _await(self, name: str, action_id: str, timeout: float) -> Event:
@@ -352,8 +358,9 @@ class EventClient:
                     raise TimeoutError(f"{name}: no response within {timeout} s")
                 self._cond.wait(remaining)
             response = self._responses.pop(action_id)
+            if response.get("Response") == "Error":
+                self._lists.pop(action_id, None)
         if response.get("Response") == "Error":
-            self._lists.pop(action_id, None)
             raise ami.AmiError(f"{name}: {response.get('Message')}", permanent=True)
         return response
 
@@ -408,6 +415,8 @@ class Call:
 
     def __init__(self, pbx: Pbx, token: str, script: _Script) -> None:
         self.pbx = pbx
+        # This call's manager session: the call stays readable after a kill() or restart().
+        self._client = pbx.ami
         self.token = token
         self.caller_uniqueid = f"sim-{token}-1"
         self.uniqueid = f"sim-{token}-2"
@@ -491,7 +500,7 @@ class Call:
         # digit at a time: Asterisk holds back a digit that comes within 45 ms of the last
         # one (AST_MIN_DTMF_GAP) until the next frame is read, and a Local channel without
         # media reads none, so GET DATA would time out with the digits still held.
-        client = self.pbx.ami
+        client = self._client
         # One prompt's digits after the other's, never interleaved.
         with self._keying:
             self._key_digits(client, keys)
@@ -520,17 +529,24 @@ class Call:
     # Actions -----------------------------------------------------------------------------------
 
     def hangup(self) -> None:
-        """The caller hangs up now (the ;1 half; the panel's channel follows)."""
+        """The caller hangs up now (the ;1 half, cause 16; the panel's channel follows).
+
+        Nothing happens when the caller's phone is already down: timers set by
+        ``hangup_after_answer`` may fire after the call ended by itself.
+        """
+        with self._client._cond:
+            if self.caller_uniqueid in self._hung_up:
+                return
         self.hung_up_by_caller = True
         try:
-            self.pbx.ami.action("Hangup", Channel=self.caller_uniqueid, Cause="16")
+            self._client.action("Hangup", Channel=self.caller_uniqueid, Cause="16")
         except (ami.AmiError, PbxError, TimeoutError) as exc:
             self.errors.append(f"Hangup: {exc}")
 
     # Reading -----------------------------------------------------------------------------------
 
     def _snapshot(self) -> list[Event]:
-        with self.pbx.ami._cond:
+        with self._client._cond:
             return list(self._events)
 
     @property
@@ -550,7 +566,7 @@ class Call:
 
     @property
     def done(self) -> bool:
-        with self.pbx.ami._cond:
+        with self._client._cond:
             return self._done()
 
     def wait_done(self, timeout: float = 30.0) -> Call:
@@ -560,31 +576,32 @@ class Call:
         has finished when this returns.
         """
         deadline = time.monotonic() + timeout
-        cond = self.pbx.ami._cond
+        cond = self._client._cond
         with cond:
             while not self._done():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.pbx.ami.alive:
+                if remaining <= 0 or not self._client.alive:
                     break
                 cond.wait(remaining)
             if self._done():
                 return self
+        why = "Asterisk's manager connection closed" if not self._client.alive else "timeout"
         raise TimeoutError(
-            f"call {self.uniqueid} not over after {timeout} s: {self.describe()}\n"
+            f"call {self.uniqueid} not over after {timeout} s ({why}): {self.describe()}\n"
             f"--- Asterisk log:\n{self.pbx.log()}"
         )
 
     def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 10.0) -> Event:
         """The first event of this call (past or future) that satisfies predicate."""
         deadline = time.monotonic() + timeout
-        cond = self.pbx.ami._cond
+        cond = self._client._cond
         with cond:
             while True:
                 for event in self._events:
                     if predicate(event):
                         return event
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or not self._client.alive:
                     raise TimeoutError(
                         f"call {self.uniqueid}: no matching event within {timeout} s: "
                         f"{self.describe()}"
@@ -674,18 +691,18 @@ class Call:
 
     def hangup_cause(self, uniqueid: str | None = None) -> int | None:
         """The hangup cause of the panel's channel (or another of the call's), once it hung up."""
-        with self.pbx.ami._cond:
+        with self._client._cond:
             event = self._hung_up.get(uniqueid or self.uniqueid)
         return int(event["Cause"]) if event and event.get("Cause", "").isdigit() else None
 
     def channels(self) -> dict[str, str]:
         """uniqueid -> channel name of every channel the call had."""
-        with self.pbx.ami._cond:
+        with self._client._cond:
             return dict(self._channels)
 
     def describe(self) -> str:
         """A one-paragraph account of the call for assertion messages."""
-        with self.pbx.ami._cond:
+        with self._client._cond:
             hung = sorted(self._hung_up)
             pending = sorted(set(self._channels) - set(self._hung_up))
             origin = self.originate_response
@@ -810,7 +827,14 @@ dateformat = %F %T.%3q
 messages => notice,warning,error
 full => notice,warning,error,verbose,dtmf
 """,
-            "cdr.conf": "[general]\nenable = yes\n",
+            # CDRs in log/cdr-csv/Master.csv, with each channel's uniqueid.
+            "cdr.conf": "[general]\nenable = yes\n\n[csv]\nusegmtime = yes\nloguniqueid = yes\n",
+            # Present, so that the log has no errors about their absence for tests to trip on.
+            "cel.conf": "[general]\nenable = no\n",
+            "ccss.conf": "[general]\n",
+            "acl.conf": "",
+            "udptl.conf": "[general]\n",
+            "stasis.conf": "[threadpool]\n",
             "extensions_sim.conf": SIM_DIALPLAN,
         }
         for name, text in files.items():

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import http.server
 import os
+import re
 import shutil
 import socket
 import threading
@@ -415,6 +416,15 @@ def test_strftime_epoch_is_right_though_django_sets_tz(pbx: Pbx) -> None:
 
 def test_only_the_loopback_manager_port_listens(pbx: Pbx) -> None:
     assert pbx.listening() == [("127.0.0.1", pbx.ami_port)]
+
+
+def test_every_module_runs_and_the_boot_logs_no_problem(pbx: Pbx) -> None:
+    shown = pbx.cli("module show")
+    for module in build.MODULES:
+        assert re.search(rf"^{module}\.so .* Running ", shown, flags=re.MULTILINE), shown
+    log = (pbx.logdir / "full").read_text()
+    boot = log[: log.index("Asterisk Ready.")]
+    assert not re.search(r"\] (ERROR|WARNING)\[", boot), boot
 
 
 def test_astdb_survives_a_crash_and_a_restart(fresh_pbx: Pbx) -> None:

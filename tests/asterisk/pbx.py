@@ -15,8 +15,10 @@ that Local channel sets ``CALLERID(num)`` and ``CALLERID(dnid)`` and enters the 
 context at the DID, as a carrier's trunk call would: it runs the panel's dialplan, and its
 uniqueid is the ``agi_uniqueid`` the FastAGI server sees (``Call.uniqueid``). The ``;1`` half
 is the caller's phone: the harness watches AMI events, and each time the panel's channel
-starts ``GET DATA`` (or ``Read()``) it keys in the next digit string and ``#``, or hangs up
-where the test said so.
+starts ``GET DATA`` (or ``Read()``) it keys in the next digit string and ``#`` (received on
+the panel's channel, as DTMF from a trunk is), or hangs up where the test said so. Each
+call's channels share the caller's uniqueid as their Linkedid, which is how the harness
+gives every event to its call, so calls may run side by side.
 
 Callees are dialplan contexts the panel's trunks dial (``Trunk.dial_template``):
 ``Local/{number}@sim-answer/n`` answers and holds (``hold`` seconds), ``sim-ring`` rings and
@@ -27,6 +29,29 @@ busy, ``sim-congested`` congested, ``sim-unavailable`` fails before answering wi
 Each Pbx writes its own configuration into a directory of its own (nothing of the machine's
 is read or written), loads only the modules the build has, and listens only on a loopback
 AMI port: no SIP, no IAX, no HTTP.
+
+What this Asterisk does that end-to-end tests must know (seen with 22.10.1):
+
+- DTMF: a digit that comes within 45 ms of the previous one is held back until the channel
+  reads another frame, which a Local channel without media never does; the caller here keys
+  one digit per ~60 ms, waiting for each DTMFEnd. The ``#`` is left out when the digits
+  fill GET DATA's maximum, since it would end the next prompt.
+- Answer() on a Local channel waits about 0.5 s for media; so does each callee's answer.
+- ``_X.`` does not match a DID with ``+``; the panel's dialplan has ``_+X.`` for that.
+- FastAGI: a refused connection gives AGISTATUS=FAILURE, one accepted and closed SUCCESS.
+  A server that accepts and never speaks holds the channel for good, even after the caller
+  hangs up (no timeout): only closing the socket frees it.
+- The caller hanging up during GET DATA: ``200 result=-1``, then ``HANGUP``, then channel
+  commands answer 511; SET/GET VARIABLE still work.
+- Hangup handlers run after the channel hung up, on a dead channel: AGI connects and works
+  (channel commands such as STREAM FILE answer 511); ``Wait()`` returns at once and ends the
+  handler there, so nothing after it runs. The channel's Hangup event comes after its
+  handlers finished. ``core stop now`` runs them; a SIGKILL does not.
+- AstDB commits from a background thread at most once a second: after a write, up to a
+  second passes before it would survive a crash (db_committed() shows what would).
+- STRFTIME(,,%s) is wrong by the zone's UTC offset when Asterisk runs with TZ set to another
+  zone; the harness starts it without TZ (Django sets TZ in the test process).
+- CoreShowChannels may show a channel's previous application for a moment after Newexten.
 """
 
 from __future__ import annotations
@@ -284,7 +309,11 @@ class EventClient:
         return not self._closed
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        """Call callback(event) for every event (in the reader thread); returns unsubscribe."""
+        """Call callback(event) for every event; returns the function that unsubscribes.
+
+        The callback runs in the reader thread with the client's lock held, so that it sees
+        events in order and before any waiter: it must return at once and send no action.
+        """
         with self._cond:
             self._subscribers.append(callback)
 
@@ -296,7 +325,11 @@ class EventClient:
         return unsubscribe
 
     def mark(self) -> int:
-        """A position in the event stream: wait_for(since=mark) sees what came after it."""
+        """A position in the event stream, for wait_for(since=...).
+
+        Take it before the action that causes an event: the event may arrive before the
+        wait starts, and a wait from "now" would miss it.
+        """
         with self._cond:
             return self._seq
 
@@ -305,7 +338,8 @@ class EventClient:
     ) -> Event:
         """The first event after ``since`` (default: now) that satisfies predicate.
 
-        Take a mark before the action that causes the event, or the event may come first.
+        Events from before the wait are kept (the last HISTORY of them), so with a mark
+        taken beforehand nothing is missed; TimeoutError after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -365,17 +399,28 @@ class EventClient:
         return response
 
     def action(self, name: str, *, timeout: float | None = None, **fields: ami.FieldValue) -> Event:
-        """Send an action and return its response; AmiError on ``Response: Error``."""
+        """Send an action and return its response (matched by ActionID).
+
+        AmiError on ``Response: Error``, as telephony.ami does, so tests read the same
+        failures the panel's client would.
+        """
         return self._await(name, self._send(name, fields, listing=False), timeout or self.timeout)
 
     def send(self, name: str, **fields: ami.FieldValue) -> str:
-        """Send an action without waiting (its response is dropped); returns its ActionID."""
+        """Send an action without waiting for its response; returns its ActionID.
+
+        For actions whose effect a test waits for as an event instead.
+        """
         return self._send(name, fields, listing=False)
 
     def action_list(
         self, name: str, *, timeout: float | None = None, **fields: ami.FieldValue
     ) -> list[Event]:
-        """Send an EventList action and return the listed events (the Complete one left out)."""
+        """Send an EventList action (CoreShowChannels, DBGetTree) and return its items.
+
+        The items come as events between the other events; the ``...Complete`` event that
+        ends the list is left out.
+        """
         timeout = timeout or self.timeout
         action_id = self._send(name, fields, listing=True)
         self._await(name, action_id, timeout)
@@ -551,7 +596,11 @@ class Call:
 
     @property
     def events(self) -> list[Event]:
-        """All AMI events of the call's channels so far, in order."""
+        """All AMI events of the call's channels so far, in order (a copy).
+
+        For assertions the helpers below do not cover; every event has Asterisk's
+        Timestamp (see event_time()).
+        """
         return self._snapshot()
 
     def _done(self) -> bool:
@@ -566,6 +615,7 @@ class Call:
 
     @property
     def done(self) -> bool:
+        """Whether every channel of the call hung up (see wait_done)."""
         with self._client._cond:
             return self._done()
 
@@ -592,7 +642,10 @@ class Call:
         )
 
     def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 10.0) -> Event:
-        """The first event of this call (past or future) that satisfies predicate."""
+        """The first event of this call, past or future, that satisfies predicate.
+
+        Past events count, so there is no race with the call; TimeoutError otherwise.
+        """
         deadline = time.monotonic() + timeout
         cond = self._client._cond
         with cond:
@@ -609,7 +662,10 @@ class Call:
                 cond.wait(remaining)
 
     def wait_answered(self, timeout: float = 10.0) -> Event:
-        """The DialEnd with DialStatus ANSWER on the panel's channel (the callee answered)."""
+        """The DialEnd with DialStatus ANSWER on the panel's channel.
+
+        That is the callee's answer, the moment the panel bills from (Dial's U() has run).
+        """
         return self.wait_for(
             lambda e: (
                 e.get("Event") == "DialEnd"
@@ -627,22 +683,36 @@ class Call:
         ]
 
     def applications(self) -> list[tuple[str, str]]:
-        """The panel channel's dialplan steps: (Application, AppData) of each Newexten."""
+        """The panel channel's dialplan steps: (Application, AppData) of each Newexten.
+
+        AppData is after variable substitution, so it shows what really ran.
+        """
         return [(e.get("Application", ""), e.get("AppData", "")) for e in self._panel("Newexten")]
 
     def agi_commands(self) -> list[str]:
-        """The AGI commands the FastAGI server sent on the panel's channel, in order."""
+        """The AGI commands the FastAGI servers sent on the panel's channel, in order.
+
+        From AGIExecStart events: what Asterisk received, hangup handler sessions included.
+        """
         return [e.get("Command", "") for e in self._panel("AGIExecStart")]
 
     def agi_results(self) -> list[tuple[str, str, str]]:
-        """(command, ResultCode, Result) of each finished AGI command on the panel's channel."""
+        """(command, ResultCode, Result) of each AGI command on the panel's channel.
+
+        Result is Asterisk's word (Success, Usage, ...), not the ``result=`` the script got;
+        a 511 ResultCode means the channel was gone.
+        """
         return [
             (e.get("Command", ""), e.get("ResultCode", ""), e.get("Result", ""))
             for e in self._panel("AGIExecEnd")
         ]
 
     def variable(self, name: str, uniqueid: str | None = None) -> str | None:
-        """The last value set for a channel variable (VarSet), on the panel's channel by default."""
+        """The last value set for a channel variable, on the panel's channel by default.
+
+        From VarSet events, so it covers Set(), MSet() and the AGI's SET VARIABLE; None when
+        the variable was never set. SHARED(), GLOBAL() and DB() raise no VarSet.
+        """
         wanted = uniqueid or self.uniqueid
         value = None
         for event in self._snapshot():
@@ -655,7 +725,11 @@ class Call:
         return value
 
     def prompts(self) -> list[str]:
-        """Every file the call's channels were asked to play, in order (apps and AGI)."""
+        """Every file the call's channels were asked to play, in order.
+
+        From Playback/Background/Read in the dialplan and STREAM FILE, GET DATA, GET OPTION
+        and EXEC Playback from an AGI: the prompts the caller heard.
+        """
         files: list[str] = []
         for event in self._snapshot():
             kind = event.get("Event")
@@ -678,11 +752,17 @@ class Call:
         return files
 
     def played(self, name: str) -> bool:
-        """Whether a channel of the call was asked to play ``name`` (``custom/x`` or ``x``)."""
+        """Whether a channel of the call was asked to play ``name`` (``custom/x`` or ``x``).
+
+        The panel's refusals are prompts, so this is how a test sees which one a caller got.
+        """
         return any(_matches(played, name) for played in self.prompts())
 
     def dial_statuses(self) -> list[str]:
-        """DialStatus of each Dial attempt the panel's channel finished (DialEnd events)."""
+        """DialStatus of each Dial attempt the panel's channel finished, in order.
+
+        One per trunk tried, so failover shows as e.g. ``["CONGESTION", "ANSWER"]``.
+        """
         return [
             e.get("DialStatus", "")
             for e in self._panel("DialEnd")
@@ -690,13 +770,16 @@ class Call:
         ]
 
     def hangup_cause(self, uniqueid: str | None = None) -> int | None:
-        """The hangup cause of the panel's channel (or another of the call's), once it hung up."""
+        """The hangup cause of the panel's channel (or another of the call's); None if still up.
+
+        Q.850 numbers: 16 normal, 17 busy, 19 no answer, 34 congestion, 3 no route.
+        """
         with self._client._cond:
             event = self._hung_up.get(uniqueid or self.uniqueid)
         return int(event["Cause"]) if event and event.get("Cause", "").isdigit() else None
 
     def channels(self) -> dict[str, str]:
-        """uniqueid -> channel name of every channel the call had."""
+        """uniqueid -> channel name of every channel the call had, callees included."""
         with self._client._cond:
             return dict(self._channels)
 
@@ -855,7 +938,11 @@ full => notice,warning,error,verbose,dtmf
         )
 
     def add_prompts(self, names: Iterable[str]) -> None:
-        """Install silent prompts for these sound names (``custom/x``) besides PROMPTS."""
+        """Install silent prompts for these sound names (``custom/x``) besides PROMPTS.
+
+        A missing sound makes Playback fail and GET DATA skip its prompt, which would hide
+        what a test wants to see; silent ones play in 0.2 s.
+        """
         self._prompts |= set(names)
         for name in sorted(self._prompts):
             if not PROMPT_NAME.fullmatch(name):
@@ -872,18 +959,25 @@ full => notice,warning,error,verbose,dtmf
 
     @property
     def astdb_path(self) -> Path:
+        """Asterisk's database file (AstDB), which survives kill() and restart()."""
         return self.varlib / "astdb.sqlite3"
 
     # Process -----------------------------------------------------------------------------------
 
     @property
     def ami(self) -> EventClient:
+        """The harness's manager session (events on); PbxError while Asterisk is down."""
         if self._ami is None:
             raise PbxError("Asterisk is not running (start() it first)")
         return self._ami
 
     def start(self) -> None:
-        """Start Asterisk in the foreground as a child and wait until it is fully booted."""
+        """Start Asterisk in the foreground as a child and wait until it is fully booted.
+
+        Foreground (``-f``), in a session of its own: its lifetime is the test's, kill()
+        reaches it, and nothing daemonises behind the test's back. Ready means the CLI's
+        ``core waitfullybooted`` returned and the manager accepted the login.
+        """
         if self.process is not None and self.process.poll() is None:
             raise PbxError("Asterisk is already running")
         (self.rundir / "asterisk.ctl").unlink(missing_ok=True)
@@ -931,7 +1025,11 @@ full => notice,warning,error,verbose,dtmf
             self._ami = None
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Shut Asterisk down cleanly (``core stop now``: calls are hung up, AstDB closed)."""
+        """Shut Asterisk down cleanly with ``core stop now``.
+
+        Calls in progress are hung up and their hangup handlers run (the panel's settle AGI
+        included), modules unload and AstDB is committed and closed.
+        """
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -950,7 +1048,11 @@ full => notice,warning,error,verbose,dtmf
         self.process = None
 
     def kill(self) -> None:
-        """SIGKILL Asterisk, as a crash would: no hangup handlers, no shutdown of anything."""
+        """SIGKILL Asterisk, as a crash would.
+
+        No hangup handler runs and nothing shuts down: AstDB keeps only what its background
+        thread had committed (see db_committed()).
+        """
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -960,7 +1062,11 @@ full => notice,warning,error,verbose,dtmf
         self.process = None
 
     def restart(self) -> None:
-        """Start again on the same directory and ports (after stop() or kill())."""
+        """Start again on the same directory and ports (after stop() or kill()).
+
+        Same AMI port and secret, so a panel configured with ami_url reaches it again, and
+        the same astdb.sqlite3, which is what crash recovery reads.
+        """
         if self.process is not None and self.process.poll() is None:
             self.stop()
         self.process = None
@@ -968,7 +1074,11 @@ full => notice,warning,error,verbose,dtmf
         self.start()
 
     def close(self) -> None:
-        """Stop, and remove the run directory if it had to live outside the workdir."""
+        """Stop, and remove the run directory if it had to live outside the workdir.
+
+        The control socket's path must fit in 108 bytes; a deep workdir gets a short run
+        directory in /tmp, which is this object's to remove.
+        """
         try:
             self.stop()
         finally:
@@ -976,7 +1086,11 @@ full => notice,warning,error,verbose,dtmf
                 shutil.rmtree(self.rundir, ignore_errors=True)
 
     def cli(self, command: str, *, timeout: float = 15.0) -> str:
-        """Run a CLI command in the running Asterisk (``asterisk -rx``) and return its output."""
+        """Run a CLI command in the running Asterisk (``asterisk -rx``) and return its output.
+
+        For what AMI has no action for (``dialplan reload``, ``dialplan show``); PbxError
+        with the log's tail when it fails.
+        """
         try:
             result = subprocess.run(
                 [str(self.installation.asterisk), "-C", str(self.conf), "-rx", command],
@@ -996,7 +1110,11 @@ full => notice,warning,error,verbose,dtmf
         return output
 
     def log(self, lines: int = 60) -> str:
-        """The tail of Asterisk's full log (verbose messages included), for assertion messages."""
+        """The tail of Asterisk's full log, for assertion messages.
+
+        The full log has every dialplan step and AGI connection, which is usually what
+        explains a failed call.
+        """
         path = self.logdir / "full"
         if not path.exists():
             path = self.logdir / "console.log"
@@ -1033,10 +1151,11 @@ full => notice,warning,error,verbose,dtmf
                 raise PbxError(f"context {context} did not load:\n{shown}\n{self.log()}")
 
     def db_put(self, family: str, key: str, value: str) -> None:
+        """Write an AstDB entry through AMI (DBPut), as the dialplan's DB() would."""
         self.ami.action("DBPut", Family=family, Key=key, Val=value)
 
     def db_get(self, family: str, key: str) -> str | None:
-        """An AstDB value, None when there is none."""
+        """An AstDB value, None when there is none (DBGet answers an error then)."""
         try:
             items = self.ami.action_list("DBGet", Family=family, Key=key)
         except ami.AmiError:
@@ -1051,6 +1170,7 @@ full => notice,warning,error,verbose,dtmf
         }
 
     def db_clear(self, family: str) -> None:
+        """Delete every entry under ``family``; an empty family is fine."""
         try:
             self.ami.action("DBDelTree", Family=family)
         except ami.AmiError as exc:
@@ -1176,23 +1296,36 @@ full => notice,warning,error,verbose,dtmf
         return call
 
     def calls(self) -> list[Call]:
+        """The calls placed since the last reset()."""
         return list(self._calls.values())
 
     def channels(self) -> list[Event]:
-        """The channels up now (CoreShowChannels)."""
+        """The channels up now (CoreShowChannels items: Channel, Uniqueid, Application, ...)."""
         return self.ami.action_list("CoreShowChannels")
 
     def hangup_all(self, timeout: float = 15.0) -> None:
-        """Hang up every channel and wait until none is left (hangup handlers finished)."""
+        """Hang up every channel and wait until none is left (hangup handlers finished).
+
+        A channel in an AGI whose server holds the connection without a word does not go
+        away: Asterisk waits for the server even after the hangup. PbxError names it.
+        """
         deadline = time.monotonic() + timeout
         while self.channels():
             self.cli("channel request hangup all")
             if time.monotonic() > deadline:
-                raise PbxError(f"channels left after {timeout} s: {self.channels()}\n{self.log()}")
+                raise PbxError(
+                    f"channels left after {timeout} s (in AGI: its FastAGI server holds on): "
+                    f"{[(c.get('Channel'), c.get('Application')) for c in self.channels()]}\n"
+                    f"{self.log()}"
+                )
             time.sleep(0.1)
 
     def reset(self) -> None:
-        """Between tests: no channels, an empty panel dialplan, AstDB family ``panel`` cleared."""
+        """Between tests: no channels, an empty panel dialplan, AstDB family ``panel`` cleared.
+
+        The shared Asterisk then behaves for the next test as a fresh one would, without the
+        second it takes to restart.
+        """
         self.hangup_all()
         self.load_dialplan("; no panel dialplan loaded\n")
         self.db_clear("panel")
@@ -1200,7 +1333,11 @@ full => notice,warning,error,verbose,dtmf
             self._calls.clear()
 
     def listening(self) -> list[tuple[str, int]]:
-        """The (address, port) TCP sockets the Asterisk process listens on (from /proc)."""
+        """The (address, port) TCP sockets the Asterisk process listens on.
+
+        Read from /proc (the process's socket inodes against /proc/net/tcp and tcp6), so it
+        needs no ss or netstat.
+        """
         if self.process is None:
             return []
         inodes = set()

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.hosts.rootfs import ensure_rootfs
-from tests.hosts.testhost import TestHost
+from tests.hosts.testhost import NetNS, TestHost
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / "ansible"
@@ -78,14 +78,24 @@ def deploy_key(tmp_path_factory: pytest.TempPathFactory) -> DeployKey:
     return DeployKey(private, (directory / "id_ed25519.pub").read_text().strip())
 
 
-def start_bare_host(workdir: Path, root_public_key: str) -> TestHost:
-    """A bare host (sshd only) whose root accepts ``root_public_key``."""
+def start_bare_host(
+    workdir: Path,
+    root_public_key: str,
+    *,
+    netns: NetNS | None = None,
+    bind_mounts: list[tuple[Path, str]] | None = None,
+) -> TestHost:
+    """A bare host (sshd only) whose root accepts ``root_public_key``; in a network namespace
+    of its own with ``netns``, with directories of this machine mounted in with ``bind_mounts``
+    (source, path inside)."""
     host = TestHost(
         rootfs=ensure_rootfs(),
         workdir=workdir,
         panel_public_key="",
         bare=True,
         root_public_key=root_public_key,
+        netns=netns,
+        bind_mounts=list(bind_mounts or []),
     )
     return host.start()
 
@@ -107,7 +117,7 @@ def run_playbook(
     group: str,
     workdir: Path,
     extra_vars: dict[str, object] | None = None,
-    secrets_: dict[str, str] | None = None,
+    secrets_: dict[str, object] | None = None,
     timeout: float = 1200,
 ) -> PlaybookRun:
     """ansible-playbook PLAYBOOK against one test host, as host "testnode" in ``group``.
@@ -117,7 +127,7 @@ def run_playbook(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     known_hosts = workdir / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{host.ssh_port} {host.host_key}\n")
+    known_hosts.write_text(f"[{host.address}]:{host.ssh_port} {host.host_key}\n")
     inventory = workdir / "inventory.json"
     inventory.write_text(
         json.dumps(
@@ -125,7 +135,7 @@ def run_playbook(
                 group: {
                     "hosts": {
                         "testnode": {
-                            "ansible_host": "127.0.0.1",
+                            "ansible_host": host.address,
                             "ansible_port": host.ssh_port,
                             "ansible_user": "root",
                             "ansible_ssh_private_key_file": str(key.private),

@@ -9,9 +9,11 @@ the same steps the Ansible role takes.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -38,7 +40,11 @@ def free_port() -> int:
 
 
 def wait_for_port(
-    port: int, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+    port: int,
+    *,
+    timeout: float = 30.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    address: str = "127.0.0.1",
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -46,10 +52,122 @@ def wait_for_port(
             raise RuntimeError(f"test host exited with {proc.returncode}")
         with socket.socket() as s:
             s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((address, port)) == 0:
                 return
         time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+    raise TimeoutError(f"nothing listens on {address}:{port} after {timeout}s")
+
+
+NETNS_STATE = Path("/run/commune-panel-test-netns")
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class NetNS:
+    """A network namespace of its own for a test host, and a veth pair to it from this machine.
+
+    Inside, the host has ``address`` (10.231.N.2/24) and its own loopback; this machine's end of
+    the pair has ``gateway`` (.1) and ``stranger`` (.3), two source addresses a test can connect
+    from. A firewall the host loads stays in its namespace: this machine's own is never touched.
+    Nothing is routed beyond the pair (the host reaches no network but this machine).
+    """
+
+    number: int
+    name: str = ""
+    outer: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"commune-test-{self.number}"
+        self.outer = self.outer or f"cptv{self.number}"
+
+    @property
+    def prefix(self) -> str:
+        return f"10.231.{self.number}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.prefix}.2"
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.prefix}.1"
+
+    @property
+    def stranger(self) -> str:
+        return f"{self.prefix}.3"
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    @classmethod
+    def create(cls) -> NetNS:
+        """A new namespace, in a /24 no interface of this machine uses. Needs root.
+
+        Namespaces that test sessions left behind (killed before their cleanup) go first: each
+        records the PID of the session that made it.
+        """
+        NETNS_STATE.mkdir(parents=True, exist_ok=True)
+        with (NETNS_STATE / "lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for owner in NETNS_STATE.glob("*.owner"):
+                if not _pid_alive(int(owner.read_text().strip() or 0)):
+                    cls(int(owner.stem))._remove()
+                    owner.unlink(missing_ok=True)
+            used = _ip("-4", "-o", "addr", "show").stdout
+            taken = {int(p.stem) for p in NETNS_STATE.glob("*.owner")}
+            for number in range(1, 255):
+                netns = cls(number)
+                if number in taken or f" {netns.prefix}." in used:
+                    continue
+                if Path(netns.path).exists():
+                    continue
+                (NETNS_STATE / f"{number}.owner").write_text(f"{os.getpid()}\n")
+                try:
+                    netns._add()
+                except Exception:
+                    netns.close()
+                    raise
+                return netns
+        raise RuntimeError("no free 10.231.N.0/24 for a test network namespace")
+
+    def _add(self) -> None:
+        inner = f"cptp{self.number}"
+        _ip("netns", "add", self.name)
+        _ip("link", "add", self.outer, "type", "veth", "peer", "name", inner)
+        _ip("link", "set", inner, "netns", self.name)
+        _ip("addr", "add", f"{self.gateway}/24", "dev", self.outer)
+        _ip("addr", "add", f"{self.stranger}/24", "dev", self.outer)
+        _ip("link", "set", self.outer, "up")
+        _ip("-n", self.name, "addr", "add", f"{self.address}/24", "dev", inner)
+        _ip("-n", self.name, "link", "set", inner, "up")
+        _ip("-n", self.name, "link", "set", "lo", "up")
+
+    def _remove(self) -> None:
+        # Deleting this end deletes the other one too.
+        _ip("link", "del", self.outer, check=False)
+        _ip("netns", "del", self.name, check=False)
+
+    def close(self) -> None:
+        """Remove the pair and the namespace (once its processes are gone, the kernel frees it)."""
+        self._remove()
+        (NETNS_STATE / f"{self.number}.owner").unlink(missing_ok=True)
 
 
 def _minica(directory: Path) -> tuple[Path, Path, Path]:
@@ -124,6 +242,18 @@ http {{
 }}
 """
 
+# The host's PID 1, after the start: it reaps orphans, as an init does. Daemons that end (an
+# init script's stop) are its children; left as zombies, start-stop-daemon would take them for
+# running (a stop would wait its whole timeout, a start would not start).
+REAPER = (
+    "python3 -c 'import os, time\n"
+    "while True:\n"
+    "    try:\n"
+    "        os.wait()\n"
+    "    except ChildProcessError:\n"
+    "        time.sleep(1)\n'"
+)
+
 INIT = """#!/bin/sh
 # PID 1 of the test host: install the agent, start the services, keep sshd in front.
 set -e
@@ -147,8 +277,9 @@ PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \\
   pebble -config /testhost/pebble.json -dnsserver 127.0.0.1:{dns_port} -strict=false \\
   >/var/log/pebble.log 2>&1 &
 /usr/local/sbin/testhost-sshd
-# PID 1 only keeps the namespace alive; sshd can be stopped and started under it.
-exec sleep infinity
+# PID 1 keeps the namespace alive (sshd can be stopped and started under it) and reaps the
+# daemons that end.
+exec {reaper}
 """
 
 # A bare host: what a freshly installed server offers an admin, sshd with root's key, and
@@ -167,11 +298,11 @@ PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \\
   pebble -config /testhost/pebble.json -dnsserver 127.0.0.1:{dns_port} -strict=false \\
   >/var/log/pebble.log 2>&1 &
 /usr/local/sbin/testhost-sshd
-exec sleep infinity
+exec {reaper}
 """
 
 SSHD = """#!/bin/sh
-exec /usr/sbin/sshd -E /var/log/sshd.log -p {ssh_port} -o ListenAddress=127.0.0.1 -o UseDNS=no \\
+exec /usr/sbin/sshd -E /var/log/sshd.log -p {ssh_port} -o ListenAddress={address} -o UseDNS=no \\
   -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no -o LogLevel=VERBOSE
 """
 
@@ -196,6 +327,18 @@ class TestHost:
     # Bare: only sshd (root logs in with root_public_key) and the test CA; see INIT_BARE.
     bare: bool = False
     root_public_key: str = ""
+    # Bare hosts: directories of this machine mounted into the host, (source, path inside);
+    # e.g. a build cache that outlives the host.
+    bind_mounts: list[tuple[Path, str]] = field(default_factory=list)
+    # A network namespace of its own (NetNS): sshd listens on its address instead of
+    # 127.0.0.1, and whatever the host does to its network (a firewall) stays there.
+    netns: NetNS | None = None
+
+    @property
+    def address(self) -> str:
+        """Where this machine reaches the host's services (sshd, and what the host listens on
+        besides its loopback)."""
+        return self.netns.address if self.netns is not None else "127.0.0.1"
 
     @property
     def upper(self) -> Path:
@@ -221,7 +364,7 @@ class TestHost:
         sbin = self.upper / "usr" / "local" / "sbin"
         sbin.mkdir(parents=True, exist_ok=True)
         sshd = sbin / "testhost-sshd"
-        sshd.write_text(SSHD.format(ssh_port=self.ssh_port))
+        sshd.write_text(SSHD.format(ssh_port=self.ssh_port, address=self.address))
         sshd.chmod(0o755)
         init = sbin / "testhost-init"
         ports = {"dns_port": self.dns_port, "challtest_port": self.challtest_port}
@@ -229,7 +372,7 @@ class TestHost:
             dot_ssh = self.upper / "root" / ".ssh"
             dot_ssh.mkdir(parents=True, mode=0o700, exist_ok=True)
             (dot_ssh / "authorized_keys").write_text(self.root_public_key + "\n")
-            init.write_text(INIT_BARE.format(**ports))
+            init.write_text(INIT_BARE.format(reaper=REAPER, **ports))
             init.chmod(0o755)
             return
         shutil.copy(AGENT, stage / "panel_agent.py")
@@ -256,7 +399,7 @@ class TestHost:
         nginx = self.upper / "etc" / "nginx"
         nginx.mkdir(parents=True, exist_ok=True)
         (nginx / "nginx.conf").write_text(NGINX_CONF.format(http_port=self.http_port))
-        init.write_text(INIT.format(ssh_port=self.ssh_port, **ports))
+        init.write_text(INIT.format(ssh_port=self.ssh_port, reaper=REAPER, **ports))
         init.chmod(0o755)
 
     def _stage_pebble(self, stage: Path) -> None:
@@ -278,7 +421,13 @@ class TestHost:
         )
 
     def start(self) -> TestHost:
+        assert self.bare or not self.bind_mounts, "bind mounts are for bare hosts"
         self._stage()
+        binds = "".join(
+            f"mkdir -p {shlex.quote(f'{self.merged}{inside}')}; "
+            f"mount --bind {shlex.quote(str(source))} {shlex.quote(f'{self.merged}{inside}')}; "
+            for source, inside in self.bind_mounts
+        )
         launch = (
             "set -e; "
             f"mount -t overlay overlay -o lowerdir={self.rootfs},upperdir={self.upper},"
@@ -286,11 +435,16 @@ class TestHost:
             f"mount --rbind /dev {self.merged}/dev; "
             f"mount -t proc proc {self.merged}/proc; "
             f"mount -t tmpfs -o mode=755 tmpfs {self.merged}/run; "
+            f"{binds}"
             f"exec chroot {self.merged} /usr/local/sbin/testhost-init"
         )
         log = (self.workdir / "host.log").open("wb")
+        # nsenter execs unshare in the namespace, so the process stays unshare's (stop() ends
+        # its group).
+        enter = ["nsenter", f"--net={self.netns.path}"] if self.netns is not None else []
         self.proc = subprocess.Popen(
             [
+                *enter,
                 "unshare",
                 "--mount",
                 "--pid",
@@ -307,7 +461,7 @@ class TestHost:
             start_new_session=True,
         )
         try:
-            waited = (
+            waited: tuple[int, ...] = (
                 (self.ssh_port, self.pebble_port)
                 if self.bare
                 else (
@@ -316,8 +470,11 @@ class TestHost:
                     self.pebble_port,
                 )
             )
+            if self.netns is not None:
+                # Pebble listens on the namespace's loopback, out of this machine's reach.
+                waited = (self.ssh_port,)
             for port in waited:
-                wait_for_port(port, proc=self.proc, timeout=60)
+                wait_for_port(port, proc=self.proc, timeout=60, address=self.address)
         except Exception:
             self.stop()
             raise RuntimeError(f"test host did not start:\n{self.log()}") from None
@@ -342,6 +499,7 @@ class TestHost:
                 str(self.init_pid()),
                 "--mount",
                 "--pid",
+                *(["--net"] if self.netns is not None else []),
                 "chroot",
                 str(self.merged),
                 *cmd,
@@ -368,14 +526,14 @@ class TestHost:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.ssh_port)) != 0:
+                if s.connect_ex((self.address, self.ssh_port)) != 0:
                     return
             time.sleep(0.05)
         raise TimeoutError("sshd did not stop")
 
     def start_sshd(self) -> None:
         self.run(["/usr/local/sbin/testhost-sshd"])
-        wait_for_port(self.ssh_port)
+        wait_for_port(self.ssh_port, address=self.address)
 
     def http(
         self, host: str, path: str = "/", *, tls: bool = False, timeout: float = 5.0
@@ -393,7 +551,7 @@ class TestHost:
             return exc.code, exc.read().decode(errors="replace")
 
     def stop(self) -> None:
-        # The host's PID 1 (sleep) ignores SIGTERM, as every PID 1 without a handler does, so
+        # The host's PID 1 (the reaper) ignores SIGTERM, as every PID 1 without a handler does, so
         # a polite stop only waits; the host is thrown away, and SIGKILL to unshare's group
         # ends the namespace and everything in it.
         if self.proc is not None and self.proc.poll() is None:

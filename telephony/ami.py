@@ -12,8 +12,9 @@ hold the caller or fill its memory. Header values with CR or LF are refused, so 
 can smuggle in a header or a second action.
 
 One exception for everything, AmiError, with ``permanent``: a refused login, an action
-Asterisk answered with ``Response: Error``, a refused value or a peer that does not speak AMI
-(retrying will not help); or not: connection refused or reset, a timeout (try again later).
+Asterisk answered with ``Response: Error`` (ActionFailed, a subclass), a refused value or a
+peer that does not speak AMI (retrying will not help); or not: connection refused or reset,
+a timeout (try again later).
 """
 
 from __future__ import annotations
@@ -58,9 +59,25 @@ class AmiError(Exception):
         self.permanent = permanent
 
 
+class ActionFailed(AmiError):
+    """Asterisk answered an action with ``Response: Error``; ``reason`` is its Message.
+
+    Permanent: the same action would get the same answer (a refused login, a missing AstDB
+    entry). A class of its own, so callers can tell it from a broken connection.
+    """
+
+    def __init__(self, action: str, reason: str) -> None:
+        super().__init__(f"{action}: {reason}", permanent=True)
+        self.action = action
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class AmiTarget:
-    """Where and as whom to log in. The repr leaves the secret out (it ends up in logs)."""
+    """Where and as whom to log in.
+
+    The repr and str leave the secret out: targets end up in log lines and error messages.
+    """
 
     host: str
     port: int
@@ -68,7 +85,8 @@ class AmiTarget:
     secret: str = field(repr=False)
 
     def __str__(self) -> str:
-        return f"ami://{self.username}@{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ami://{self.username}@{host}:{self.port}"
 
 
 def parse_url(url: str) -> AmiTarget:
@@ -196,7 +214,11 @@ class MessageReader:
 
 
 def connect(target: AmiTarget, *, timeout: float) -> tuple[socket.socket, MessageReader]:
-    """A TCP connection to the manager, its greeting read; AmiError otherwise."""
+    """A TCP connection to the manager, its greeting read; AmiError otherwise.
+
+    The greeting is checked so that a wrong port (SSH, HTTP) fails at once and for good
+    instead of timing out like a busy Asterisk.
+    """
     try:
         sock = socket.create_connection((target.host, target.port), timeout=timeout)
     except OSError as exc:
@@ -215,12 +237,19 @@ def connect(target: AmiTarget, *, timeout: float) -> tuple[socket.socket, Messag
 
 
 def challenge_key(challenge: str, secret: str) -> str:
-    """The MD5 login key: Asterisk computes md5(challenge + secret) in hex the same way."""
+    """The MD5 login key, md5(challenge + secret) in hex, as Asterisk's manager computes it.
+
+    The challenge is fresh per session, so the key is worthless to whoever records it.
+    """
     return hashlib.md5((challenge + secret).encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 class Ami:
-    """One logged-in manager session; use it as a context manager (logs off on exit)."""
+    """One logged-in manager session; use it as a context manager (logs off on exit).
+
+    Synchronous and single-threaded: the reconciliation asks a few questions per run, and
+    a session per run is simpler to reason about than a shared connection.
+    """
 
     def __init__(
         self, target: AmiTarget | str, *, timeout: float = DEFAULT_TIMEOUT, events: str = "off"
@@ -260,12 +289,10 @@ class Ami:
                     Key=challenge_key(challenge, self.target.secret),
                     Events=self.events,
                 )
-            except AmiError as exc:
-                if exc.permanent:
-                    raise AmiError(
-                        f"{self.target} refused the login: {exc}", permanent=True
-                    ) from None
-                raise
+            except ActionFailed as exc:
+                raise ActionFailed(
+                    "Login", f"{self.target} refused the login: {exc.reason}"
+                ) from None
         except BaseException:
             self._drop()
             raise
@@ -310,15 +337,13 @@ class Ami:
             if "Response" not in message or message.get("ActionID") != action_id:
                 continue
             if message["Response"] == "Error":
-                raise AmiError(
-                    f"{name}: {message.get('Message', 'error without a message')}", permanent=True
-                )
+                raise ActionFailed(name, message.get("Message", "error without a message"))
             return message
 
     def action(self, name: str, **fields: FieldValue) -> dict[str, str]:
         """Send one action and return its response (matched by ActionID).
 
-        AmiError(permanent=True) when Asterisk answers ``Response: Error`` (with its Message).
+        ActionFailed (an AmiError, permanent) when Asterisk answers ``Response: Error``.
         """
         return self._response(name, self._send(name, fields))
 

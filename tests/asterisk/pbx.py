@@ -248,7 +248,7 @@ class EventClient:
                 message = self._reader.read_message(deadline)
                 if message.get("ActionID") == action_id and "Response" in message:
                     if message["Response"] == "Error":
-                        raise ami.AmiError(f"{name}: {message.get('Message')}", permanent=True)
+                        raise ami.ActionFailed(name, message.get("Message", ""))
                     return message
 
         challenge = exchange("Challenge", AuthType="MD5")["Challenge"]
@@ -395,7 +395,7 @@ class EventClient:
             if response.get("Response") == "Error":
                 self._lists.pop(action_id, None)
         if response.get("Response") == "Error":
-            raise ami.AmiError(f"{name}: {response.get('Message')}", permanent=True)
+            raise ami.ActionFailed(name, response.get("Message", ""))
         return response
 
     def action(self, name: str, *, timeout: float | None = None, **fields: ami.FieldValue) -> Event:

@@ -64,9 +64,10 @@ def test_a_wrong_secret_is_refused_for_good(pbx: Pbx) -> None:
     target = ami.AmiTarget(
         host="127.0.0.1", port=pbx.ami_port, username="harness", secret="wrong-secret"
     )
-    with pytest.raises(ami.AmiError, match="refused the login") as failure:
+    with pytest.raises(ami.ActionFailed, match="refused the login") as failure:
         ami.Ami(target).open()
     assert failure.value.permanent
+    assert failure.value.reason.endswith("Authentication failed")
     assert "wrong-secret" not in str(failure.value)
 
 
@@ -120,9 +121,10 @@ def test_the_md5_challenge_keeps_the_secret_off_the_wire(pbx: Pbx) -> None:
 
 def test_an_error_response_raises_with_asterisks_message(pbx: Pbx) -> None:
     with ami.Ami(pbx.ami_url) as session:
-        with pytest.raises(ami.AmiError, match="DBGet: Database entry not found") as failure:
+        with pytest.raises(ami.ActionFailed, match="DBGet: Database entry not found") as failure:
             session.action("DBGet", Family="panel", Key="nothing-here")
         assert failure.value.permanent
+        assert failure.value.reason == "Database entry not found"
         # The session goes on after an error.
         assert session.action("Ping")["Ping"] == "Pong"
 

@@ -849,6 +849,7 @@ class Pbx:
             self.data,
             self.varlib,
             self.logdir,
+            self.logdir / "cdr-csv",
             self.rundir,
             self.workdir / "spool",
             self.workdir / "cache",
@@ -1125,6 +1126,24 @@ full => notice,warning,error,verbose,dtmf
             source.seek(max(0, source.tell() - 200 * lines))
             text = source.read().decode(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+    def log_mark(self) -> int:
+        """A position in the full log, for log_since(): what a test's own calls logged."""
+        path = self.logdir / "full"
+        return path.stat().st_size if path.exists() else 0
+
+    def log_since(self, mark: int) -> str:
+        """The full log from a log_mark() on.
+
+        The session's Asterisk is shared, so a test that asserts on the log (no ERROR lines,
+        a warning it expects) reads only its own part.
+        """
+        path = self.logdir / "full"
+        if not path.exists():
+            return ""
+        with path.open("rb") as source:
+            source.seek(mark)
+            return source.read().decode(errors="replace")
 
     # Dialplan and database ---------------------------------------------------------------------
 

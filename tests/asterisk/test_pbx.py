@@ -297,6 +297,7 @@ def test_the_callee_contexts_give_each_dial_status_at_once(stub_pbx: Pbx, agi: A
         "CHANUNAVAIL": {"TARGET": "sim-unavailable"},
     }
     started = time.monotonic()
+    mark = stub_pbx.log_mark()
     calls = {
         status: stub_pbx.call(DID, variables={"FLOW": "open", **variables}, hold=0.5)
         for status, variables in expected.items()
@@ -315,6 +316,7 @@ def test_the_callee_contexts_give_each_dial_status_at_once(stub_pbx: Pbx, agi: A
     # Six calls at once took about as long as the slowest one.
     assert time.monotonic() - started < 10
     assert stub_pbx.channels() == []
+    assert "ERROR[" not in stub_pbx.log_since(mark)
 
 
 def test_dial_l_cuts_the_call_at_its_limit(stub_pbx: Pbx, agi: AgiStub) -> None:

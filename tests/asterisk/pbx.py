@@ -1252,7 +1252,9 @@ full => notice,warning,error,verbose,dtmf
         """Place one inbound call to ``did`` in ``context`` and return its handle at once.
 
         ``digits``: what the caller keys in at each prompt (GET DATA or Read), ``terminator``
-        after each; at a prompt past the list the caller keys nothing (the prompt times out).
+        after each unless the digits fill the prompt's maximum; at a prompt past the list the
+        caller keys nothing (the prompt times out). Returning at once lets a test place
+        several calls and then wait for them: they run side by side.
         ``hangup_at``: hang up at that prompt instead (a sound name such as ``enter-pin``, or
         the 0-based index of the prompt). ``hangup_after_answer``: hang up that many seconds
         after a callee answered. ``hold``, ``answer_after``, ``give_up_after``: how the

@@ -41,9 +41,11 @@ NODE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 UNIQUEID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 EPOCH = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,6})?$")
 FAMILY = "panel"
-# A call whose record is younger than this is not judged by its channel: the record is
-# written after the channel appeared, and the clocks of the nodes may differ a little.
-GRACE = timedelta(seconds=10)
+# A call is judged by its channel only if its record is older than the channel list, by
+# this much: its channel existed before the record was written, so it was listed if it was
+# up; the margin is for the clocks of the FastAGI hosts and this one, which may differ a
+# little.
+GRACE = timedelta(seconds=5)
 
 
 def asterisk_nodes() -> dict[str, AmiTarget]:

@@ -2,7 +2,9 @@
 
 Creates a throw-away PostgreSQL database, imports a 200,000-prefix deck (timed), makes members
 with verified phones and credit, starts ``manage.py fastagi`` as its own process, and drives
-it with simulated Asterisk connections (the caller keys in at once): authorize, then settle.
+it with simulated Asterisk connections (the caller keys in at once): authorize (access number,
+caller ID, node), then, for calls authorized, settle (DIALSTATUS, answer and end epochs, the
+trunk tried, the SETTLE_TOKEN the authorize gave), as the dialplan's hangup handler does.
 Latencies are of the whole authorize session, from connecting to Asterisk's closing HANGUP.
 Two phases, one line per figure:
 
@@ -22,9 +24,14 @@ Two phases, one line per figure:
   noisy p99.
 
 ``single_authorize_p50_ms`` is one call at a time (nothing else running) and
-``bare_session_p50_ms`` the baseline measured in the same run: a session that only says hello
-(environment, one command, HANGUP), so the ratio is what a call setup costs over the bare
-FastAGI exchange.
+``bare_session_p50_ms`` the baseline measured in the same run: a session with no database
+step (environment, one command, HANGUP), so ``decision_to_bare_ratio`` (also printed as
+``single_authorize_vs_bare_ratio``) is what a call setup costs over the bare FastAGI exchange;
+absolute latencies drift twofold between runs on these machines, the ratio much less. The
+bare session is a settle with a wrong token (the server answers SETTLED=REFUSED without
+touching the database): the server sends nothing at all for an unknown script any more, and
+a session without a command would be a cheaper baseline than the one of earlier runs.
+``*_settles_not_ok`` count settles the server did not answer SETTLED=OK (0 expected).
 
 ``server_cpu_ms_per_setup`` is the server process's CPU time (Linux /proc) per setup in the
 saturation phase, ``postgres_cpu_ms_per_setup`` that of all PostgreSQL processes and
@@ -48,8 +55,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, Python puts bench/ first on the path; the project root goes there instead.
@@ -156,11 +165,11 @@ def run(
         )
         members.append(phone.number)
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(  # noqa: S603  (our own manage.py, fixed arguments)
-        [
+    port = free_port()
+    server = start_server(
+        port,
+        env,
+        wrap=[
             *os.environ.get("BENCH_WRAP", "").split(),
             sys.executable,
             *(
@@ -168,28 +177,10 @@ def run(
                 if os.environ.get("BENCH_PROFILE")
                 else []
             ),
-            "manage.py",
-            "fastagi",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--max-sessions",
-            "64",
         ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the FastAGI server did not start") from None
-                time.sleep(0.1)
+        wait_listening(port, server)
         saturation = closed_loop(port, access.number, members[:clients], calls, server.pid)
         setups = len(saturation.latencies)
         cpu = saturation.server_cpu(server.pid)
@@ -212,6 +203,7 @@ def run(
     print(f"offered_calls: {len(offered.latencies)}")
     print(f"offered_refused: {offered.refused}")
     print(f"offered_failed: {offered.failed}")
+    print(f"offered_settles_not_ok: {offered.settles_not_ok}")
     print(f"saturation_setups_per_s: {setups / saturation.wall:.0f}")
     print(f"saturation_clients: {clients}")
     print(f"saturation_authorize_p50_ms: {saturation.percentile(50):.2f}")
@@ -219,6 +211,7 @@ def run(
     print(f"saturation_calls: {setups}")
     print(f"saturation_refused: {saturation.refused}")
     print(f"saturation_failed: {saturation.failed}")
+    print(f"saturation_settles_not_ok: {saturation.settles_not_ok}")
     if cpu is not None:
         print(f"server_cpu_ms_per_setup: {cpu * 1000 / setups:.2f}")
     if saturation.postgres_cpu is not None:
@@ -229,7 +222,67 @@ def run(
     print(f"single_authorize_p99_ms: {single.percentile(99):.2f}")
     print(f"bare_session_p50_ms: {bare.percentile(50):.2f}")
     print(f"bare_session_p99_ms: {bare.percentile(99):.2f}")
-    print(f"single_authorize_vs_bare_ratio: {single.percentile(50) / bare.percentile(50):.1f}")
+    ratio = single.percentile(50) / bare.percentile(50)
+    print(f"single_authorize_vs_bare_ratio: {ratio:.1f}")
+    print(f"decision_to_bare_ratio: {ratio:.1f}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Server(subprocess.Popen[bytes]):
+    """``manage.py fastagi`` as a process of its own; ``log`` keeps its last stderr lines."""
+
+    log: deque[str]
+
+
+def start_server(port: int, env: dict[str, str], *, wrap: list[str] | None = None) -> Server:
+    """Start ``manage.py fastagi`` on 127.0.0.1:PORT (64 authorize sessions).
+
+    Its stderr is read all the time by a thread of its own: unread, a pipe fills after 64 KiB
+    of warnings and the server would block in the middle of a session.
+    """
+    server = Server(
+        [
+            *(wrap or [sys.executable]),
+            "manage.py",
+            "fastagi",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--max-sessions",
+            "64",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    server.log = deque(maxlen=50)
+    assert server.stderr is not None
+
+    def drain(stream: Any, log: deque[str]) -> None:
+        for line in stream:
+            log.append(line.decode(errors="replace").rstrip())
+
+    threading.Thread(target=drain, args=(server.stderr, server.log), daemon=True).start()
+    return server
+
+
+def wait_listening(port: int, server: Server, timeout: float = 60.0) -> None:
+    """Until the server accepts connections; RuntimeError with its last words otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                tail = "\n".join(server.log)
+                raise RuntimeError(f"the FastAGI server did not start:\n{tail}") from None
+            time.sleep(0.05)
 
 
 class Phase:
@@ -239,6 +292,7 @@ class Phase:
         self.latencies: list[float] = []
         self.refused = 0
         self.failed = 0  # sessions the server closed or reset (over max_sessions)
+        self.settles_not_ok = 0  # settles not answered SETTLED=OK
         self.wall = 0.0
         self.lock = threading.Lock()
         self.cpu_before: float | None = None
@@ -253,6 +307,10 @@ class Phase:
     def fail(self) -> None:
         with self.lock:
             self.failed += 1
+
+    def settled(self, ok: bool) -> None:
+        with self.lock:
+            self.settles_not_ok += not ok
 
     def percentile(self, p: int) -> float:
         ordered = sorted(self.latencies)
@@ -291,7 +349,10 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _authorize(port: int, access: str, caller: str, uniqueid: str, n: int) -> object:
+NODE = "bench"
+
+
+def _authorize(port: int, access: str, caller: str, uniqueid: str, n: int) -> Any:
     from telephony import asterisk_sim
 
     return asterisk_sim.run(
@@ -299,7 +360,8 @@ def _authorize(port: int, access: str, caller: str, uniqueid: str, n: int) -> ob
             uniqueid=uniqueid,
             caller=caller,
             access=access,
-            args=[access],
+            # As the dialplan calls it: access number, caller ID, node name.
+            args=[access, caller, NODE],
             dtmf=[f"030{(n * 7919) % 10_000_000:07d}"],
         ),
         "127.0.0.1",
@@ -307,20 +369,25 @@ def _authorize(port: int, access: str, caller: str, uniqueid: str, n: int) -> ob
     )
 
 
-def _settle(port: int, uniqueid: str) -> None:
+def _settle(port: int, uniqueid: str, done: Any, phase: Phase) -> None:
+    """The hangup handler's settle of an answered 30 s call, if the authorize said OK (the
+    dialplan settles nothing else), with the token the authorize gave."""
     from telephony import asterisk_sim
 
-    asterisk_sim.run(
+    if done.variables.get("AUTH_RESULT") != "OK":
+        return
+    settled = asterisk_sim.run(
         asterisk_sim.Call(
             uniqueid=uniqueid,
             caller="",
             access="",
             script="settle",
-            args=["ANSWER", "100", "130"],
+            args=["ANSWER", "100", "130", "1", done.variables.get("SETTLE_TOKEN", "")],
         ),
         "127.0.0.1",
         port,
     )
+    phase.settled(settled.variables.get("SETTLED") == "OK")
 
 
 def closed_loop(port: int, access: str, members: list[str], calls: int, server_pid: int) -> Phase:
@@ -335,7 +402,7 @@ def closed_loop(port: int, access: str, members: list[str], calls: int, server_p
             try:
                 done = _authorize(port, access, members[n], uniqueid, n * per_client + k)
                 phase.add((time.perf_counter() - started) * 1000, done)
-                _settle(port, uniqueid)
+                _settle(port, uniqueid, done, phase)
             except OSError:
                 phase.fail()
 
@@ -368,11 +435,20 @@ def one_at_a_time(port: int, access: str, caller: str, calls: int) -> tuple[Phas
         started = time.perf_counter()
         done = _authorize(port, access, caller, uniqueid, k)
         single.add((time.perf_counter() - started) * 1000, done)
-        _settle(port, uniqueid)
+        _settle(port, uniqueid, done, single)
         started = time.perf_counter()
-        nothing = asterisk_sim.Call(uniqueid=f"bare-{k}", caller="", access="", script="bare")
+        # A settle with a wrong token: the server answers SETTLED=REFUSED, no database.
+        nothing = asterisk_sim.Call(
+            uniqueid=f"bare-{k}",
+            caller="",
+            access="",
+            script="settle",
+            args=["ANSWER", "100", "130", "1", "0" * 24],
+        )
         asterisk_sim.run(nothing, "127.0.0.1", port)
         bare.add((time.perf_counter() - started) * 1000, nothing)
+        if nothing.variables.get("SETTLED") != "REFUSED":
+            raise RuntimeError(f"the bare session was not refused: {nothing.transcript}")
     return single, bare
 
 
@@ -391,7 +467,7 @@ def open_loop(
             done = _authorize(port, access, members[i % len(members)], uniqueid, i)
             phase.add((time.perf_counter() - due) * 1000, done)
             time.sleep(call_s)
-            _settle(port, uniqueid)
+            _settle(port, uniqueid, done, phase)
         except OSError:
             phase.fail()
 

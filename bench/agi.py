@@ -46,7 +46,9 @@ override the defaults; ``BENCH_WRAP`` prefixes the server's command (e.g. a prof
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -55,7 +57,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,13 @@ def main() -> None:
     rate = float(os.environ.get("BENCH_RATE", 100))
     call_s = float(os.environ.get("BENCH_CALL_S", 1.0))
 
+    with scratch_database() as database_url:
+        run(database_url, prefixes, calls, clients, rate, call_s)
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """A PostgreSQL database of its own for the run (its URL), dropped afterwards."""
     import psycopg
 
     from bench.ledger import admin_url
@@ -84,7 +94,7 @@ def main() -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        run(admin.rsplit("/", 1)[0] + f"/{name}", prefixes, calls, clients, rate, call_s)
+        yield admin.rsplit("/", 1)[0] + f"/{name}"
     finally:
         from django.db import connections
 
@@ -93,9 +103,9 @@ def main() -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def run(
-    database_url: str, prefixes: int, calls: int, clients: int, rate: float, call_s: float
-) -> None:
+def django_setup(database_url: str) -> dict[str, str]:
+    """Django in this process on that database; the environment the servers get (the same
+    state directory, so the same SECRET_KEY and settle tokens everywhere)."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -110,6 +120,14 @@ def run(
     import django
 
     django.setup()
+    return env
+
+
+def seed(prefixes: int, member_count: int) -> tuple[Any, list[str], float]:
+    """Migrate; a carrier with one trunk and a deck of ``prefixes`` Berlin prefixes; the
+    access number; members with a verified phone, 1000.00 of credit, a per-call cap of 1.00
+    and up to 4 calls at once. The access number, the members' phone numbers and how long
+    the deck took to import."""
     from datetime import timedelta
     from decimal import Decimal
 
@@ -146,8 +164,7 @@ def run(
     deck_seconds = time.perf_counter() - began
     access = AccessNumber.objects.create(number="+4930900900", city="Berlin", country="DE")
     members = []
-    # Enough members that the open loop's calls in progress stay within 4 each.
-    for n in range(max(clients, int(rate * (call_s + 1)) // 2 + 1)):
+    for n in range(member_count):
         user = User.objects.create_user(email=f"caller{n}@bench.coop", password=None)
         Membership.objects.create(user=user, status="member", name=user.email)
         phone = Phone.objects.create(
@@ -164,7 +181,15 @@ def run(
             source_key=f"bench-{n}",
         )
         members.append(phone.number)
+    return access, members, deck_seconds
 
+
+def run(
+    database_url: str, prefixes: int, calls: int, clients: int, rate: float, call_s: float
+) -> None:
+    env = django_setup(database_url)
+    # Enough members that the open loop's calls in progress stay within 4 each.
+    access, members, deck_seconds = seed(prefixes, max(clients, int(rate * (call_s + 1)) // 2 + 1))
     port = free_port()
     server = start_server(
         port,
@@ -234,9 +259,11 @@ def free_port() -> int:
 
 
 class Server(subprocess.Popen[bytes]):
-    """``manage.py fastagi`` as a process of its own; ``log`` keeps its last stderr lines."""
+    """``manage.py fastagi`` as a process of its own; ``log`` keeps its last stderr lines,
+    ``warnings`` counts its warnings by message (numbers and addresses left out)."""
 
     log: deque[str]
+    warnings: Counter[str]
 
 
 def start_server(port: int, env: dict[str, str], *, wrap: list[str] | None = None) -> Server:
@@ -261,13 +288,21 @@ def start_server(port: int, env: dict[str, str], *, wrap: list[str] | None = Non
         stderr=subprocess.PIPE,
     )
     server.log = deque(maxlen=50)
+    server.warnings = Counter()
     assert server.stderr is not None
 
-    def drain(stream: Any, log: deque[str]) -> None:
+    def drain(stream: Any, log: deque[str], warnings: Counter[str]) -> None:
         for line in stream:
-            log.append(line.decode(errors="replace").rstrip())
+            text = line.decode(errors="replace").rstrip()
+            log.append(text)
+            # "2026-12-03 12:00:00,123 WARNING telephony.fastagi: FastAGI: ..." -> the message
+            level, _, message = text.partition(" ")[2].partition(" ")[2].partition(" ")
+            if level == "WARNING":
+                warnings[re.sub(r"[0-9][0-9.:]*", "N", message.partition(": ")[2])[:80]] += 1
 
-    threading.Thread(target=drain, args=(server.stderr, server.log), daemon=True).start()
+    threading.Thread(
+        target=drain, args=(server.stderr, server.log, server.warnings), daemon=True
+    ).start()
     return server
 
 

@@ -58,7 +58,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -266,8 +266,10 @@ class Server(subprocess.Popen[bytes]):
     warnings: Counter[str]
 
 
-def start_server(port: int, env: dict[str, str], *, wrap: list[str] | None = None) -> Server:
-    """Start ``manage.py fastagi`` on 127.0.0.1:PORT (64 authorize sessions).
+def start_server(
+    port: int, env: dict[str, str], *, wrap: list[str] | None = None, args: Sequence[str] = ()
+) -> Server:
+    """Start ``manage.py fastagi`` on 127.0.0.1:PORT (64 authorize sessions, then ``args``).
 
     Its stderr is read all the time by a thread of its own: unread, a pipe fills after 64 KiB
     of warnings and the server would block in the middle of a session.
@@ -281,6 +283,7 @@ def start_server(port: int, env: dict[str, str], *, wrap: list[str] | None = Non
             f"127.0.0.1:{port}",
             "--max-sessions",
             "64",
+            *args,
         ],
         cwd=ROOT,
         env=env,

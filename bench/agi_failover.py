@@ -101,6 +101,11 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=1, help="repeat, print medians")
     parser.add_argument("--rate", type=float, default=100.0, help="call setups per second")
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help="more arguments for manage.py fastagi, e.g. '--settle-sessions 32'",
+    )
     args = parser.parse_args()
     duration, prefixes = (20.0, 2_000) if args.quick else (60.0, 20_000)
     print(f"cpu: {_cpu_model()}")
@@ -110,7 +115,8 @@ def main() -> None:
         # Calls last up to 3 s after a setup: rate * 4 / 2 members keep each within 2-3 at
         # once, under the plan's 4.
         access, members, _ = seed(prefixes, int(args.rate * 4) // 2 + 1)
-        servers = [Supervised(free_port(), env), Supervised(free_port(), env)]
+        extra = args.server_args.split()
+        servers = [Supervised(free_port(), env, extra), Supervised(free_port(), env, extra)]
         try:
             for server in servers:
                 server.start()
@@ -125,6 +131,7 @@ def main() -> None:
     print(f"duration_s: {duration:.0f}")
     print(f"offered_setups_per_s: {args.rate:.0f}")
     print(f"overlap: {int(args.overlap)}")
+    print(f"server_args: {args.server_args or 'none'}")
     refusals = Counter(reason for r in results for reason in r.pop("refused_reasons"))
     warnings: Counter[str] = Counter()
     for server in servers:
@@ -165,14 +172,15 @@ def _cpu_model() -> str:
 class Supervised:
     """One FastAGI server process, started, killed and stopped as systemd would."""
 
-    def __init__(self, port: int, env: dict[str, str]) -> None:
+    def __init__(self, port: int, env: dict[str, str], args: list[str]) -> None:
         self.port = port
         self.env = env
+        self.args = args
         self.process: Server | None = None
         self.processes: list[Server] = []  # every one started, for their warnings
 
     def start(self) -> None:
-        self.process = start_server(self.port, self.env)
+        self.process = start_server(self.port, self.env, args=self.args)
         self.processes.append(self.process)
         wait_listening(self.port, self.process)
 

@@ -50,7 +50,10 @@ stands in for is the dialplan's few lines around the AGI() calls (tests/asterisk
 in Asterisk, end to end, with a server killed or stopped mid-call); a real Asterisk at 100
 calls a second with scripted callers would measure Asterisk and its Local channels on these
 2 cores more than the panel. ``--runs N`` repeats the scenario and prints medians (and, for
-the goal-0 figures, the maximum as ``*_max``).
+the goal-0 figures, the maximum as ``*_max``). ``--server-args`` passes more arguments to
+both servers (``--settle-sessions 64``, say); ``refused_reasons`` and ``server_warnings``
+(counted over all runs) say which of a server's limits turned calls or hangups away.
+``BENCH_VERBOSE=1`` prints, for each settle left in AstDB, where its attempts went.
 
     .venv/bin/python bench/agi_failover.py [--quick] [--overlap] [--runs N] [--rate R]
 """

@@ -50,7 +50,8 @@ stands in for is the dialplan's few lines around the AGI() calls (tests/asterisk
 in Asterisk, end to end, with a server killed or stopped mid-call); a real Asterisk at 100
 calls a second with scripted callers would measure Asterisk and its Local channels on these
 2 cores more than the panel. ``--runs N`` repeats the scenario and prints medians (and, for
-the goal-0 figures, the maximum as ``*_max``). ``--server-args`` passes more arguments to
+the goal-0 figures, the maximum as ``*_max``; ``*_per_run`` where runs differ).
+``--server-args`` passes more arguments to
 both servers (``--settle-sessions 64``, say); ``refused_reasons`` and ``server_warnings``
 (counted over all runs) say which of a server's limits turned calls or hangups away.
 ``BENCH_VERBOSE=1`` prints, for each settle left in AstDB, where its attempts went.
@@ -146,6 +147,10 @@ def main() -> None:
         print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")
         if args.runs > 1 and name in GOAL_ZERO:
             print(f"{name}_max: {max(values)}")
+        if len(set(values)) > 1:
+            # A median of counts hides the run where something happened.
+            shown = " ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in values)
+            print(f"{name}_per_run: {shown}")
     # Why calls were refused and what the servers warned about, over all runs.
     print(f"refused_reasons: {_counts(refusals)}")
     print(f"server_warnings: {_counts(warnings)}")

@@ -416,13 +416,22 @@ class Handler(socketserver.StreamRequestHandler):
             try:
                 outcome = route(session, self.server, info)
             except (DatabaseError, Unavailable) as exc:
-                if script != "authorize":
-                    raise
-                log.warning("FastAGI: database step failed, caller told to try later: %s", exc)
-                outcome = _try_later(session, info, f"database: {str(exc)[:120]}")
+                why = f"database: {str(exc)[:120]}"
+                if script == "authorize":
+                    log.warning("FastAGI: database step failed, caller told to try later: %s", exc)
+                    outcome = _try_later(session, info, why)
+                else:
+                    # Not acknowledged: the dialplan tries the next server, and what it kept in
+                    # Asterisk's database is settled by the reconciliation otherwise.
+                    log.warning("FastAGI: settle not taken, the database failed: %s", exc)
+                    outcome = _decided(info, "unavailable", why)
         except ChannelGone as exc:
-            outcome = _decided(info, info.get("decision", "abandoned"), f"caller gone: {exc}")
-            self._abandoned(info)
+            if info["script"] == "?":
+                # Closed before a whole environment arrived: nobody called, nothing to record.
+                outcome = _decided(info, "no environment", str(exc))
+            else:
+                outcome = _decided(info, info.get("decision", "abandoned"), f"caller gone: {exc}")
+                self._abandoned(info)
         except AgiError as exc:
             kind = "permanent" if exc.permanent else "transient"
             outcome = _decided(info, "error", f"AGI error ({kind}): {exc}")

@@ -230,7 +230,12 @@ def pin_outcome(*, candidate: PinCandidate, pin: str, right: bool, rehash: bool)
 def pin_locks_of(member: User) -> list[PinLock]:
     """Locks on the member's account or on the caller IDs of the member's phones."""
     plan = plan_for(member)
-    numbers = list(Phone.objects.filter(member=member).values_list("number", flat=True))
+    # Verified phones only: adding a number unverified must not unlock whoever dials from it.
+    numbers = list(
+        Phone.objects.filter(member=member, verified_at__isnull=False).values_list(
+            "number", flat=True
+        )
+    )
     keys = [f"account:{plan.account_number}", *(f"caller:{n}" for n in numbers)]
     return list(PinLock.objects.filter(key__in=keys))
 

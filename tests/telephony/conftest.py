@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -73,23 +74,43 @@ def caller(alice) -> Phone:
 
 
 @pytest.fixture
-def fastagi_server(transactional_db: None) -> Iterator[Server]:
-    """The FastAGI server on a loopback port, in a thread of this process (same database)."""
-    server = Server(("127.0.0.1", free_port()), max_sessions=64, read_timeout=10)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    # Calls that start before it listens are served all the same, from the database; tests
-    # that count statements want the usual state of a running server.
-    assert server.callers.listening.wait(10), "the server does not listen for caller changes"
-    yield server
-    server.shutdown()
-    server.server_close()
+def start_server(transactional_db: None) -> Iterator[Callable[..., Server]]:
+    """Starts FastAGI servers in threads of this process (same database) with the options a
+    test needs, on loopback ports; all are stopped after it."""
+    started: list[Server] = []
+
+    def start(**options: Any) -> Server:
+        options.setdefault("read_timeout", 10)
+        server = Server(("127.0.0.1", free_port()), **options)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
+        started.append(server)
+        # Calls that start before it listens are served all the same, from the database;
+        # tests that count statements want the usual state of a running server.
+        assert server.callers.listening.wait(10), "the server does not listen for caller changes"
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def fastagi_server(start_server: Callable[..., Server]) -> Server:
+    """The FastAGI server with its default pools."""
+    return start_server(max_sessions=64)
+
+
+def where(server: Server) -> tuple[str, int]:
+    """Where a server listens, as asterisk_sim.run takes it."""
+    host, port = server.server_address[:2]
+    return str(host), int(port)
 
 
 @pytest.fixture
 def agi_server(fastagi_server: Server) -> tuple[str, int]:
     """Where the FastAGI server listens."""
-    host, port = fastagi_server.server_address[:2]
-    return str(host), int(port)
+    return where(fastagi_server)

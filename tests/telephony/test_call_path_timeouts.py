@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import psycopg
 import pytest
@@ -22,7 +21,7 @@ from panel.models import CreditHold, MemberBalance, UsageEvent
 from telephony import asterisk_sim, services
 from telephony.fastagi import Server
 from telephony.models import CallRecord, CallState
-from tests.conftest import free_port
+from tests.telephony.conftest import where
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,32 +43,6 @@ class Timed(list[tuple[str, str]]):
     def extend(self, items: Iterable[tuple[str, str]]) -> None:
         for item in items:
             self.append(item)
-
-
-@pytest.fixture
-def start_server(transactional_db: None) -> Iterator[Callable[..., Server]]:
-    """Starts FastAGI servers with the options a test needs; all are stopped after it."""
-    started: list[Server] = []
-
-    def start(**options: Any) -> Server:
-        options.setdefault("read_timeout", 10)
-        server = Server(("127.0.0.1", free_port()), **options)
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        started.append(server)
-        assert server.callers.listening.wait(10), "the server does not listen for caller changes"
-        return server
-
-    yield start
-    for server in started:
-        server.shutdown()
-        server.server_close()
-
-
-def where(server: Server) -> tuple[str, int]:
-    return str(server.server_address[0]), int(server.server_address[1])
 
 
 def call(server: Server, uniqueid: str, dtmf: str = "030123456") -> tuple[asterisk_sim.Call, float]:

@@ -79,9 +79,7 @@ def test_dialplan_has_the_hangup_handler_the_limits_and_the_answer_time(access):
         "Set(DB(panel/settle/${UNIQUEID})="
         "${DIALSTATUS}/${PANEL_ANSWER}/${PANEL_END}/${TRY}/${SETTLE_TOKEN})" in plan
     )
-    assert (
-        "/settle,${DIALSTATUS},${PANEL_ANSWER},${PANEL_END},${TRY},${SETTLE_TOKEN})" in plan
-    )
+    assert "/settle,${DIALSTATUS},${PANEL_ANSWER},${PANEL_END},${TRY},${SETTLE_TOKEN})" in plan
     # Each server twice before the settle is left to the reconciliation.
     assert "GotoIf($[${PANEL_ATTEMPT} < 4]?settle)" in plan
 

@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -23,39 +23,12 @@ from panel.services import ledger
 from telephony import asterisk_sim, services
 from telephony.fastagi import Server
 from telephony.models import CallPlan, CallRecord, CallState
-from tests.conftest import free_port
+from tests.telephony.conftest import where
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ACCESS = "+4930900900"
 ALICE = "+4915123456789"  # alice's verified phone (the `caller` fixture)
-
-
-@pytest.fixture
-def start_server(transactional_db: None) -> Iterator[Callable[..., Server]]:
-    """Starts FastAGI servers with the options a test needs; all are stopped after it."""
-    started: list[Server] = []
-
-    def start(**options: Any) -> Server:
-        options.setdefault("read_timeout", 10)
-        server = Server(("127.0.0.1", free_port()), **options)
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        started.append(server)
-        assert server.callers.listening.wait(10), "the server does not listen for caller changes"
-        return server
-
-    yield start
-    for server in started:
-        server.shutdown()
-        server.server_close()
-
-
-def where(server: Server) -> tuple[str, int]:
-    host, port = server.server_address[:2]
-    return str(host), int(port)
 
 
 def call(

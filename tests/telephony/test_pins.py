@@ -11,7 +11,7 @@ import importlib
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -25,9 +25,7 @@ from hypothesis import strategies as st
 
 from panel.models import AuditEntry, CreditHold
 from telephony import asterisk_sim, pins, services
-from telephony.fastagi import Server
 from telephony.models import CallPlan, CallRecord, CallState, PinLock
-from tests.conftest import free_port
 
 # The server's threads use their own database connections: the data must be committed.
 server_db = pytest.mark.django_db(transaction=True)
@@ -99,28 +97,6 @@ def pin_answer_s(done: asterisk_sim.Call) -> float:
 def wrong_digit(account: str) -> str:
     """The account with its check digit wrong: a typo the Luhn digit shows."""
     return account[:-1] + str((int(account[-1]) + 1) % 10)
-
-
-@pytest.fixture
-def start_server(transactional_db: None) -> Iterator[Callable[..., Server]]:
-    """Starts FastAGI servers with the options a test needs; all are stopped after it."""
-    started: list[Server] = []
-
-    def start(**options: Any) -> Server:
-        options.setdefault("read_timeout", 10)
-        server = Server(("127.0.0.1", free_port()), **options)
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        started.append(server)
-        assert server.callers.listening.wait(10), "the server does not listen for caller changes"
-        return server
-
-    yield start
-    for server in started:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

@@ -28,9 +28,10 @@ Two phases, one line per figure:
 step (environment, one command, HANGUP), so ``decision_to_bare_ratio`` (also printed as
 ``single_authorize_vs_bare_ratio``) is what a call setup costs over the bare FastAGI exchange;
 absolute latencies drift twofold between runs on these machines, the ratio much less. The
-bare session is a settle with a wrong token (the server answers SETTLED=REFUSED without
-touching the database): the server sends nothing at all for an unknown script any more, and
-a session without a command would be a cheaper baseline than the one of earlier runs.
+bare session is an authorize whose uniqueid is no uniqueid: the server refuses it with one
+SET VARIABLE before any database step and logs nothing (earlier runs used an unknown script,
+which got a VERBOSE; the server now closes those without a command, which would make the
+baseline cheaper than before, and a settle with a wrong token logs a warning each time).
 ``*_settles_not_ok`` count settles the server did not answer SETTLED=OK (0 expected).
 
 ``server_cpu_ms_per_setup`` is the server process's CPU time (Linux /proc) per setup in the
@@ -475,18 +476,17 @@ def one_at_a_time(port: int, access: str, caller: str, calls: int) -> tuple[Phas
         single.add((time.perf_counter() - started) * 1000, done)
         _settle(port, uniqueid, done, single)
         started = time.perf_counter()
-        # A settle with a wrong token: the server answers SETTLED=REFUSED, no database.
+        # An authorize whose uniqueid is not one (the "/"): the server answers
+        # AUTH_RESULT=REFUSED before any database step, and logs no warning.
         nothing = asterisk_sim.Call(
-            uniqueid=f"bare-{k}",
-            caller="",
-            access="",
-            script="settle",
-            args=["ANSWER", "100", "130", "1", "0" * 24],
+            uniqueid=f"bare/{k}", caller=caller, access=access, args=[access, caller, NODE]
         )
         asterisk_sim.run(nothing, "127.0.0.1", port)
         bare.add((time.perf_counter() - started) * 1000, nothing)
-        if nothing.variables.get("SETTLED") != "REFUSED":
-            raise RuntimeError(f"the bare session was not refused: {nothing.transcript}")
+        if [line for way, line in nothing.transcript if way == ">>"] != [
+            'SET VARIABLE "AUTH_RESULT" "REFUSED"'
+        ]:
+            raise RuntimeError(f"the bare session was not a bare one: {nothing.transcript}")
     return single, bare
 
 

@@ -407,7 +407,12 @@ class Handler(socketserver.StreamRequestHandler):
                 outcome = _decided(info, "refused", f"unknown script {script[:20]!r}")
                 return
             slot = self.server.slots[script]
-            if not slot.acquire(blocking=False):
+            # A settle waits a little for a slot: with the other server restarting, all of the
+            # dialplan's attempts come here within milliseconds. An authorize does not: the
+            # dialplan has another server for it, and the caller is waiting.
+            wait = self.server.settle_wait_s if script == "settle" else 0.0
+            taken = slot.acquire(timeout=wait) if wait else slot.acquire(blocking=False)
+            if not taken:
                 # Closed without a decision: the dialplan tries the next server.
                 slot = None
                 outcome = _decided(info, "busy", f"all {script} sessions taken")
@@ -499,8 +504,11 @@ class Server(socketserver.TCPServer):
         db_wait_s: float = 0.5,
         lock_timeout_ms: int = 800,
         statement_timeout_ms: int = 1200,
+        settle_wait_s: float = 2.0,
+        listen: bool = True,
     ) -> None:
         self.read_timeout = read_timeout
+        self.settle_wait_s = settle_wait_s
         self.outcomes: list[str] = []
         self.allow = [ipaddress.ip_network(network, strict=False) for network in allow]
         self.max_per_peer = max_per_peer
@@ -526,7 +534,17 @@ class Server(socketserver.TCPServer):
         self.rates = RateCache(self.database.run)
         self.callers = CallerCache()
         self.accepting = True
-        super().__init__(address, Handler)
+        # Bound at once (the port is ours), listening only when asked: a server that accepts
+        # calls before its rates are loaded keeps callers in silence for a second or two,
+        # where a refused connection sends them to the other server at once.
+        super().__init__(address, Handler, bind_and_activate=False)
+        try:
+            self.server_bind()
+            if listen:
+                self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
         self.callers.start()
 
     def warm(self, timeout: float = 60.0) -> None:

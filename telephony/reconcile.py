@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from panel.services import LedgerError
 from telephony import services
-from telephony.ami import Ami, AmiError, AmiTarget, parse_url
+from telephony.ami import ActionFailed, Ami, AmiError, AmiTarget, parse_url
 from telephony.models import CallRecord, CallState, SettledBy
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,9 @@ def calls_reconcile(*, node: str, ami: Ami, now: datetime | None = None) -> Pass
             done.failed += 1
             continue
         setattr(done, outcome, getattr(done, outcome) + 1)
-        ami.action("DBDel", Family=FAMILY, Key=f"settle/{uniqueid}")
+        _forget(ami, f"settle/{uniqueid}")
         if uniqueid in answers:
-            ami.action("DBDel", Family=FAMILY, Key=f"answer/{uniqueid}")
+            _forget(ami, f"answer/{uniqueid}")
             del answers[uniqueid]
 
     calls = CallRecord.objects.filter(node=node, state=CallState.AUTHORIZED)
@@ -134,7 +134,7 @@ def calls_reconcile(*, node: str, ami: Ami, now: datetime | None = None) -> Pass
             done.failed += 1
             continue
         if call.uniqueid in answers:
-            ami.action("DBDel", Family=FAMILY, Key=f"answer/{call.uniqueid}")
+            _forget(ami, f"answer/{call.uniqueid}")
             del answers[call.uniqueid]
 
     # Answers of calls that ended some other way (settled, expired, not ours): not needed.
@@ -146,7 +146,7 @@ def calls_reconcile(*, node: str, ami: Ami, now: datetime | None = None) -> Pass
         )
         for uniqueid in answers:
             if uniqueid not in live and uniqueid not in open_:
-                ami.action("DBDel", Family=FAMILY, Key=f"answer/{uniqueid}")
+                _forget(ami, f"answer/{uniqueid}")
     if done.settled or done.gone or done.refused or done.failed:
         log.info(
             "reconciled node %s: %d live, %d settled from Asterisk, %d ended unseen, "
@@ -159,6 +159,19 @@ def calls_reconcile(*, node: str, ami: Ami, now: datetime | None = None) -> Pass
             done.failed,
         )
     return done
+
+
+def _forget(ami: Ami, key: str) -> None:
+    """Delete panel/KEY from AstDB; gone already is fine.
+
+    Between this pass's read and its delete, the call's own hangup handler may have got
+    SETTLED=OK from a server and deleted the entry itself; that must not stop the pass.
+    """
+    try:
+        ami.action("DBDel", Family=FAMILY, Key=key)
+    except ActionFailed as exc:
+        if exc.reason != "Database entry could not be deleted":
+            raise
 
 
 def _settle_kept(uniqueid: str, value: str) -> str:

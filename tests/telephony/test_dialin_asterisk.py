@@ -579,3 +579,13 @@ def test_an_asterisk_crash_mid_call_is_billed_to_the_last_sight_and_frees_the_ho
     assert (unanswered.state, unanswered.cost) == (CallState.SETTLED, 0)
     assert_nothing_held(alice)
     assert fresh_pbx.db_tree("panel") == {}
+
+
+def test_a_pass_goes_on_when_a_hangup_handler_deleted_its_entry_meanwhile(pbx, network):
+    """Between a pass's read and its delete, the hangup handler may have got SETTLED=OK and
+    deleted the entry itself: the pass goes on to the other entries and calls."""
+    with Ami(pbx.ami_url) as ami:
+        reconcile._forget(ami, "settle/already-gone")
+        pbx.db_put("panel", "answer/stale", "1700000000/1")
+        reconcile._forget(ami, "answer/stale")
+    assert pbx.db_tree("panel") == {}

@@ -23,6 +23,7 @@ from panel.services import ledger
 from telephony import asterisk_sim, services
 from telephony.fastagi import Server
 from telephony.models import CallPlan, CallRecord, CallState
+from tests.conftest import free_port
 from tests.telephony.conftest import where
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -365,6 +366,48 @@ def test_settles_have_slots_of_their_own(start_server, carrier, access, caller, 
     assert not CallRecord.objects.filter(uniqueid="third").exists()
     # The slow callers were served in full meanwhile.
     assert [c.variables.get("AUTH_RESULT") for c in slow] == ["OK", "OK"]
+
+
+def test_a_settle_waits_a_little_for_a_slot_an_authorize_does_not(
+    start_server, carrier, access, caller, alice
+):
+    """With the other server restarting, every settle attempt of the dialplan comes here
+    within milliseconds: one settle slot busy for a moment must not send it to AstDB."""
+    CallPlan.objects.filter(member=alice).update(max_concurrent=10, per_call_cap=Decimal("1"))
+    server = start_server(settle_sessions=1, settle_wait_s=2.0)
+    assert call(server, uniqueid="first").variables["AUTH_RESULT"] == "OK"
+    assert call(server, uniqueid="second").variables["AUTH_RESULT"] == "OK"
+    server.slots["settle"].acquire()  # a settle in progress holds the only slot
+    releaser = threading.Timer(0.5, server.slots["settle"].release)
+    releaser.start()
+    began = time.monotonic()
+    settled = settle(server, "first")
+    took = time.monotonic() - began
+    releaser.join()
+    assert settled.variables["SETTLED"] == "OK"
+    assert 0.4 < took < 2.0
+    # Past the wait, the settle is not taken (the dialplan keeps it for the reconciliation).
+    impatient = start_server(settle_sessions=1, settle_wait_s=0.2)
+    impatient.slots["settle"].acquire()
+    try:
+        refused = settle(impatient, "second")
+    finally:
+        impatient.slots["settle"].release()
+    assert "SETTLED" not in refused.variables
+    assert CallRecord.objects.get(uniqueid="second").state == CallState.AUTHORIZED
+
+
+def test_a_server_refuses_connections_until_it_is_told_to_listen(start_server, carrier, access):
+    """The command loads the rates before it listens: until then Asterisk's connection is
+    refused and the dialplan goes to the other server, instead of waiting in silence."""
+    server = Server(("127.0.0.1", free_port()), listen=False)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(where(server), timeout=2).close()
+        server.server_activate()
+        socket.create_connection(where(server), timeout=2).close()
+    finally:
+        server.server_close()
 
 
 # Settles prove they belong to their call ---------------------------------------------------

@@ -42,6 +42,7 @@ class Command(BaseCommand):
             max_per_peer=settings.FASTAGI_MAX_PER_PEER,
             allow=settings.FASTAGI_ALLOW,
             db_connections=options["db_connections"],
+            listen=False,
         )
         server.warm()
         # Everything loaded so far (Django, the models, the rate tables) lives as long as
@@ -56,6 +57,7 @@ class Command(BaseCommand):
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
+        server.server_activate()  # refused until now: Asterisk went to the other server
         serving = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="accept"
         )

@@ -65,6 +65,9 @@ MEMBERS_OBJECTS = {
     "newsletters:campaign_test",
     "newsletters:campaign_action",
 }
+# The commune's books: members in good standing and the staff who keep the books
+# (tests/panel/ledger/test_commune_access.py).
+BOOKS = {"commune"}
 STAFF_ONLY = {
     "staff_applications",
     "staff_application_decide",
@@ -172,11 +175,10 @@ def test_every_project_url_is_classified():
         "membership_leave",
         "activity",
         "billing",
-        "commune",
         "statement",
         "statement_csv",
     }
-    unknown = names - PUBLIC - MEMBERS_ONLY - MEMBERS_OBJECTS - STAFF_ONLY - member_pages
+    unknown = names - PUBLIC - MEMBERS_ONLY - MEMBERS_OBJECTS - BOOKS - STAFF_ONLY - member_pages
     assert not unknown, f"classify these URLs in test_access.py: {sorted(unknown)}"
 
 
@@ -202,6 +204,19 @@ def test_services_are_for_members_in_good_standing(client, alice, dave, carol):
         assert client.get(reverse(name)).status_code in (200, 405), name  # 405: POST-only
     services.membership_suspend(user=alice, actor=carol, reason="test")
     for name in MEMBERS_ONLY:
+        assert client.get(reverse(name)).status_code == 403, name
+
+
+def test_the_books_refuse_applicants_and_suspended_members(client, alice, dave, carol):
+    for name in BOOKS:
+        client.force_login(dave)
+        assert client.get(reverse(name)).status_code == 403, name
+        client.force_login(alice)
+        assert client.get(reverse(name)).status_code == 200, name
+    from panel import services
+
+    services.membership_suspend(user=alice, actor=carol, reason="test")
+    for name in BOOKS:
         assert client.get(reverse(name)).status_code == 403, name
 
 

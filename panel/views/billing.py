@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from panel.access import books_required
 from panel.selectors import ledger as selectors
 from panel.selectors.core import current_statutes, member_count
 from panel.views.core import _user
@@ -89,9 +90,10 @@ def statement_csv(request: HttpRequest, label: str) -> HttpResponse:
     return response
 
 
-@login_required
+@books_required
 @require_GET
 def commune(request: HttpRequest) -> HttpResponse:
+    """The commune's results by period, for its owners (see ``books_required`` for why)."""
     return render(
         request,
         "panel/commune.html",

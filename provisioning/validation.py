@@ -13,7 +13,8 @@ import unicodedata
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 
-LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Used with fullmatch only (as in the agent): "$" would also match before a trailing newline.
+LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 KEY_TYPES = {
     "ssh-ed25519",
     "ssh-rsa",
@@ -23,8 +24,8 @@ KEY_TYPES = {
     "sk-ssh-ed25519@openssh.com",
 }
 KEY = re.compile(
-    r"^(?P<type>[a-z0-9@.-]{7,40}) (?P<data>[A-Za-z0-9+/]{20,8192}={0,3})"
-    r"(?: (?P<comment>[^\x00-\x1f]{0,100}))?$"
+    r"(?P<type>[a-z0-9@.-]{7,40}) (?P<data>[A-Za-z0-9+/]{20,8192}={0,3})"
+    r"(?: (?P<comment>[^\x00-\x1f\x7f]{0,100}))?"
 )
 # Letters of other scripts that look like Latin ones: a label made only of these (or mixing
 # scripts) is refused as a likely look-alike of someone else's name.
@@ -80,7 +81,7 @@ def clean_domain(raw: str) -> str:
                 raise ValidationError(
                     _("%(label)s is not a valid name.") % {"label": label}
                 ) from None
-        if not LABEL.match(label):
+        if not LABEL.fullmatch(label):
             raise ValidationError(
                 _(
                     "%(label)s is not a valid part of a domain name "
@@ -102,7 +103,7 @@ def clean_public_key(raw: str) -> tuple[str, str]:
     text = raw.strip()
     if "\n" in text or "\r" in text:
         raise ValidationError(_("Paste exactly one key, on one line."))
-    match = KEY.match(text)
+    match = KEY.fullmatch(text)
     if not match or match["type"] not in KEY_TYPES:
         raise ValidationError(
             _(

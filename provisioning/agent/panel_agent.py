@@ -32,18 +32,20 @@ VERSION = "1"
 CONFIG_PATH = Path(os.environ.get("PANEL_AGENT_CONFIG", "/etc/panel-agent/config.json"))
 MAX_REQUEST = 256 * 1024
 
-UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-USER = re.compile(r"^s[0-9]{1,9}$")
-LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Every pattern is used with fullmatch, never match or search with "$": "$" also matches before
+# a trailing newline, and "a\n.com" would reach nginx as the names "a" and ".com" (nginx's
+# wildcard for every .com name). [0-9] and [a-z] are ASCII only, unlike \d and \w.
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+USER = re.compile(r"s[0-9]{1,9}")
+LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 KEY = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|"
-    r"sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]{20,8192}={0,3}( [A-Za-z0-9@._+-]{0,100})?$"
+    r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|"
+    r"sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]{20,8192}={0,3}( [A-Za-z0-9@._+-]{0,100})?"
 )
-DB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-PASSWORD = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
-EMAIL = re.compile(r"^[A-Za-z0-9._+-]{1,64}@[A-Za-z0-9.-]{1,200}$")
-
+DB_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+PASSWORD = re.compile(r"[A-Za-z0-9_-]{16,128}")
+URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
+EMAIL = re.compile(r"[A-Za-z0-9._+-]{1,64}@[A-Za-z0-9.-]{1,200}")
 VERBS = {
     "node.facts",
     "site.ensure",
@@ -75,7 +77,7 @@ def domain(value: Any, where: str) -> str:
         raise Refused(f"{where}: a domain is ASCII (IDN in punycode, xn--)")
     name = value.lower()
     labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2 or not all(LABEL.match(label) for label in labels):
+    if len(name) > 253 or len(labels) < 2 or not all(LABEL.fullmatch(label) for label in labels):
         raise Refused(f"{where}: {value!r} is not a valid domain name")
     if labels[-1].isdigit():
         raise Refused(f"{where}: {value!r} looks like an address, not a domain")
@@ -84,7 +86,7 @@ def domain(value: Any, where: str) -> str:
 
 def field(spec: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
     value = spec.get(name)
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise Refused(f"field {name!r} is missing or does not match {pattern.pattern}")
     return value
 
@@ -104,7 +106,7 @@ def validate(request: Any) -> dict[str, Any]:
     if unknown:
         raise Refused(f"unknown request fields {sorted(unknown)}")
     verb = request.get("verb")
-    if verb not in VERBS:
+    if not isinstance(verb, str) or verb not in VERBS:
         raise Refused(f"unknown verb {verb!r}")
     uuid = field(request, "uuid", UUID)
     spec = request.get("spec", {})
@@ -147,7 +149,7 @@ def validate(request: Any) -> dict[str, Any]:
         if not isinstance(keys, list) or len(keys) > 100:
             raise Refused("field 'keys' is a list of at most 100 public keys")
         for i, key in enumerate(keys):
-            if not isinstance(key, str) or "\n" in key or not KEY.match(key):
+            if not isinstance(key, str) or not KEY.fullmatch(key):
                 raise Refused(f"keys[{i}] is not a single OpenSSH public key")
         clean["keys"] = keys
         allowed.add("keys")
@@ -662,7 +664,7 @@ def node_facts(config: dict[str, Any]) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "disk_total": usage.total,
         "disk_free": usage.free,
-        "sites": sorted(p.name for p in config["sites_root"].glob("s*") if USER.match(p.name))
+        "sites": sorted(p.name for p in config["sites_root"].glob("s*") if USER.fullmatch(p.name))
         if config["sites_root"].exists()
         else [],
     }
@@ -678,7 +680,7 @@ def usage_report(config: dict[str, Any]) -> dict[str, Any]:
     counters = json.loads(counters_path.read_text()) if counters_path.exists() else {}
     sites = {}
     for home in sorted(config["sites_root"].glob("s*")) if config["sites_root"].exists() else []:
-        if not USER.match(home.name):
+        if not USER.fullmatch(home.name):
             continue
         user = home.name
         disk = 0
@@ -738,6 +740,30 @@ def perform(config: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     raise Refused(f"unknown verb {verb!r}")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse(raw: bytes) -> dict[str, Any]:
+    """The request in ``raw``, validated; Refused for anything else.
+
+    Bytes, not text: decoding stdin as text would raise on a stray byte before the agent could
+    refuse it. json.loads raises more than JSONDecodeError: RecursionError for deep nesting,
+    ValueError for integers of more than 4300 digits (and, here, for NaN and Infinity).
+    """
+    if len(raw) > MAX_REQUEST:
+        raise Refused("the request is too large")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused("the request is not UTF-8") from None
+    try:
+        request = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise Refused(f"the request is not JSON: {str(exc)[:200]}") from None
+    return validate(request)
+
+
 def answer(ok: bool, **fields: Any) -> str:
     return json.dumps({"ok": ok, "agent": VERSION, **fields})
 
@@ -747,14 +773,9 @@ def main(argv: list[str]) -> int:
     if argv[1:] not in ([], ["--root"]):
         print(answer(False, error="usage: panel-agent [--root]", permanent=True))
         return 2
-    raw = sys.stdin.read(MAX_REQUEST + 1)
+    raw = sys.stdin.buffer.read(MAX_REQUEST + 1)
     try:
-        if len(raw) > MAX_REQUEST:
-            raise Refused("the request is too large")
-        try:
-            request = validate(json.loads(raw))
-        except json.JSONDecodeError as exc:
-            raise Refused(f"the request is not JSON: {exc}") from None
+        request = parse(raw)
         config = load_config()
         if root_mode:
             result = perform(config, request)
@@ -798,6 +819,14 @@ def main(argv: list[str]) -> int:
         return 1
     except Failed as exc:
         print(answer(False, error=str(exc), permanent=False))
+        return 1
+    except Exception as exc:
+        # A fault of the agent's own: still one JSON answer (the panel retries it and tells
+        # the admins when it gives up); the traceback goes to stderr for the operators.
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        print(answer(False, error=f"the agent failed: {type(exc).__name__}", permanent=False))
         return 1
 
 

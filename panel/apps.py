@@ -7,7 +7,7 @@ class PanelConfig(AppConfig):
     verbose_name = "Commune"
 
     def ready(self) -> None:
-        from panel import signals  # noqa: F401  (connects the audit receivers)
+        from panel import checks, signals  # noqa: F401  (registers checks, connects receivers)
 
 
 class PanelAdminConfig(AdminConfig):

@@ -13,6 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
+from panel.csp import CSP
 from panel.env import (
     env_bool,
     env_choice,
@@ -61,6 +62,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: every response gets the policy, redirects and error pages included.
+    "panel.csp.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -89,6 +92,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "panel.context_processors.shell",
+                "panel.csp.nonce",
             ],
         },
     },
@@ -204,6 +208,22 @@ if env_bool("BEHIND_TLS_PROXY", False):
     ALLAUTH_TRUSTED_PROXY_COUNT = 1
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (panel/csp.py), sent with every response whatever DEBUG says: no
+# inline scripts, styles or handlers anywhere, so that markup slipped into a page cannot run
+# or restyle it; code and styles come from our own static files only. A nonce is there for an
+# element that cannot be a file (none today). Images may be data: URIs (allauth's TOTP QR code).
+# htmx is told not to add its indicator <style> and not to evaluate anything (base.html).
+# `check --deploy` warns when this is loosened (panel/checks.py).
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF, CSP.NONCE],
+    "img-src": [CSP.SELF, "data:"],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+    "form-action": [CSP.SELF],
+}
 
 # Celery --------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost/")

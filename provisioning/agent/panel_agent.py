@@ -42,7 +42,21 @@ KEY = re.compile(
     r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|"
     r"sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]{20,8192}={0,3}( [A-Za-z0-9@._+-]{0,100})?"
 )
-DB_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# A site's databases and their users are named after the site's system user: sN_1, sN_2...
+# The "_" ends the user's part, so no site's names can be another's (s1_2 is not s12_...).
+DB_SUFFIX = r"_[0-9]{1,6}"
+# Refused even if a pattern ever let them through: the engines' own accounts and schemas.
+RESERVED_DB_NAMES = {
+    "postgres",
+    "root",
+    "mysql",
+    "information_schema",
+    "performance_schema",
+    "sys",
+    "template0",
+    "template1",
+    "mariadb.sys",
+}
 PASSWORD = re.compile(r"[A-Za-z0-9_-]{16,128}")
 URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
 EMAIL = re.compile(r"[A-Za-z0-9._+-]{1,64}@[A-Za-z0-9.-]{1,200}")
@@ -88,6 +102,23 @@ def field(spec: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
     value = spec.get(name)
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise Refused(f"field {name!r} is missing or does not match {pattern.pattern}")
+    return value
+
+
+def site_db_name(spec: dict[str, Any], name: str, user: str) -> str:
+    """A database or database user of site ``user``, and of no one else.
+
+    The agent is the last line of defence when the panel is compromised: a request about one
+    site must not reach the engines' own accounts (postgres, root), their schemas, or
+    another site's databases.
+    """
+    value = spec.get(name)
+    if (
+        not isinstance(value, str)
+        or not re.fullmatch(re.escape(user) + DB_SUFFIX, value)
+        or value in RESERVED_DB_NAMES
+    ):
+        raise Refused(f"field {name!r} must be one of site {user}'s own names ({user}_N)")
     return value
 
 
@@ -159,8 +190,8 @@ def validate(request: Any) -> dict[str, Any]:
             raise Refused("field 'engine' is 'mariadb' or 'postgresql'")
         clean.update(
             engine=engine,
-            name=field(spec, "name", DB_NAME),
-            db_user=field(spec, "db_user", DB_NAME),
+            name=site_db_name(spec, "name", clean["user"]),
+            db_user=site_db_name(spec, "db_user", clean["user"]),
             password=field(spec, "password", PASSWORD),
         )
         allowed |= {"engine", "name", "db_user", "password"}
@@ -599,12 +630,14 @@ def db_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     if spec["engine"] == "mariadb":
         if not shutil.which("mariadb"):
             raise Refused("this node has no MariaDB")
-        # Identifiers and the password were matched against [a-z0-9_] / [A-Za-z0-9_-] above.
+        # Identifiers and the password were matched against sN_N / [A-Za-z0-9_-] above. In a
+        # GRANT, "_" is a wildcard for any one character: escaped, the grant is this name only.
+        pattern = name.replace("_", "\\_")
         sql = (
             f"CREATE DATABASE IF NOT EXISTS `{name}`;\n"
             f"CREATE USER IF NOT EXISTS '{user}'@'localhost' IDENTIFIED BY '{password}';\n"
             f"ALTER USER '{user}'@'localhost' IDENTIFIED BY '{password}';\n"
-            f"GRANT ALL ON `{name}`.* TO '{user}'@'localhost';\n"
+            f"GRANT ALL ON `{pattern}`.* TO '{user}'@'localhost';\n"
         )
         run(["mariadb", "--batch"], stdin=sql)
     else:
@@ -629,6 +662,11 @@ def db_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         )
         if not exists.strip():
             run(["runuser", "-u", "postgres", "--", "createdb", "--owner", user, name])
+        # A new database lets every role connect (PUBLIC has CONNECT): only its owner may.
+        run(
+            ["runuser", "-u", "postgres", "--", "psql", "-v", "ON_ERROR_STOP=1", "-q"],
+            stdin=f"REVOKE ALL ON DATABASE {name} FROM PUBLIC;\n",
+        )
     return {"database": name, "user": user}
 
 

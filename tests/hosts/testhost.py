@@ -2,7 +2,7 @@
 
 The cached rootfs is the lower layer of an overlay, so every test host starts clean and the
 cache is never written. sshd, nginx, PHP-FPM, Pebble (the ACME server) and its DNS helper
-listen on 127.0.0.1 high ports. The node agent is installed with provisioning/agent/install.sh,
+listen on 127.0.0.1 high ports; MariaDB and PostgreSQL on their sockets only. The node agent is installed with provisioning/agent/install.sh,
 the same steps the Ansible role takes.
 """
 
@@ -269,6 +269,12 @@ php-fpm8.2 --daemonize --fpm-config /etc/php/8.2/fpm/php-fpm.conf
 install -d -o mysql -g mysql /run/mysqld
 mariadbd --user=mysql --skip-networking --socket=/run/mysqld/mysqld.sock \\
   >/var/log/mariadb.log 2>&1 &
+# PostgreSQL for site databases too: socket only (this machine's own server has 127.0.0.1:5432),
+# no TLS (nothing reaches it over a network).
+install -d -o postgres -g postgres /run/postgresql
+runuser -u postgres -- /usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main \\
+  -c config_file=/etc/postgresql/15/main/postgresql.conf -c listen_addresses= -c ssl=off \\
+  >/var/log/postgresql.log 2>&1 &
 nginx
 pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" -dns01 127.0.0.1:{dns_port} \\
   -http01 "" -https01 "" -tlsalpn01 "" -management 127.0.0.1:{challtest_port} \\
@@ -519,6 +525,20 @@ class TestHost:
             self.run(["sh", "-c", 'test -e "$1" && echo yes', "sh", path], check=False).strip()
             == "yes"
         )
+
+    def wait_for_databases(self, timeout: float = 30.0) -> None:
+        """Wait until MariaDB and PostgreSQL answer on their sockets (they start in the
+        background and may still be starting on a fresh host)."""
+        deadline = time.monotonic() + timeout
+        probes = [
+            ["mariadb", "--batch", "--skip-column-names", "-e", "SELECT 1"],
+            ["runuser", "-u", "postgres", "--", "psql", "-tAc", "SELECT 1"],
+        ]
+        for probe in probes:
+            while self.run(probe, check=False).strip() != "1":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{probe[0]} does not answer in the test host")
+                time.sleep(0.2)
 
     def stop_sshd(self) -> None:
         """Stop listening for SSH (sessions in progress go on, as with a real restart)."""

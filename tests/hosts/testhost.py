@@ -2,8 +2,8 @@
 
 The cached rootfs is the lower layer of an overlay, so every test host starts clean and the
 cache is never written. sshd, nginx, PHP-FPM, Pebble (the ACME server) and its DNS helper
-listen on 127.0.0.1 high ports; MariaDB and PostgreSQL on their sockets only. The node agent is installed with provisioning/agent/install.sh,
-the same steps the Ansible role takes.
+listen on 127.0.0.1 high ports; MariaDB and PostgreSQL on their sockets only. The node agent
+is installed with provisioning/agent/install.sh, the same steps the Ansible role takes.
 """
 
 from __future__ import annotations

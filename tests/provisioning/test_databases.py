@@ -46,8 +46,8 @@ def databases_on(host: TestHost) -> dict[str, str]:
         ),
         "postgresql databases": psql(
             host,
-            "SELECT datname || ' ' || pg_get_userbyid(datdba) || ' ' || coalesce(datacl::text, '-') "
-            "FROM pg_database ORDER BY 1",
+            "SELECT datname || ' ' || pg_get_userbyid(datdba) || ' ' "
+            "|| coalesce(datacl::text, '-') FROM pg_database ORDER BY 1",
         ),
     }
 

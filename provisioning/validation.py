@@ -10,6 +10,10 @@ import hashlib
 import re
 import unicodedata
 
+from confusable_homoglyphs import (  # type: ignore[import-untyped]
+    categories,
+    confusables,
+)
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 
@@ -27,21 +31,62 @@ KEY = re.compile(
     r"(?P<type>[a-z0-9@.-]{7,40}) (?P<data>[A-Za-z0-9+/]{20,8192}={0,3})"
     r"(?: (?P<comment>[^\x00-\x1f\x7f]{0,100}))?"
 )
-# Letters of other scripts that look like Latin ones: a label made only of these (or mixing
-# scripts) is refused as a likely look-alike of someone else's name.
-CONFUSABLE = set("аеорсухіјѕԁӏԛԝһԛвкмнтАВЕКМНОРСТХοαυνιρκτβεηζ")
+# Scripts one label may combine (UTS #39, "highly restrictive"): Japanese, Chinese and Korean
+# are written with several; any other mix is a look-alike's trick.
+SCRIPT_SETS = (
+    {"LATIN", "HAN", "HIRAGANA", "KATAKANA"},
+    {"LATIN", "HAN", "BOPOMOFO"},
+    {"LATIN", "HAN", "HANGUL"},
+)
+NEUTRAL_SCRIPTS = {"COMMON", "INHERITED"}  # digits, the hyphen, combining marks
 
 
-def _scripts(label: str) -> set[str]:
-    scripts = set()
+def _ascii_twin(char: str) -> str | None:
+    """The ASCII letter or digit that ``char`` is confusable with (UTS #39 data), if any."""
+    for entry in confusables.confusables_data.get(char, ()):
+        twin = entry["c"]
+        if len(twin) == 1 and twin.isascii() and twin.isalnum():
+            return str(twin)
+    return None
+
+
+def _check_unicode_label(label: str) -> None:
+    """Refuse a label written to pass for another name.
+
+    A Latin label has no use for a letter that looks like an ASCII one (U+0261 script g,
+    U+0131 dotless i, fullwidth letters): its only effect is to imitate the ASCII name. A label
+    in another script is refused when every letter of it has an ASCII twin (Cyrillic letters
+    spelling "scope"); real words in that script (Moscow's name) have letters of their own.
+    """
     for char in label:
-        if char.isascii():
-            if char.isalpha():
-                scripts.add("LATIN")
-            continue
-        name = unicodedata.name(char, "")
-        scripts.add(name.split(" ")[0] if name else "UNKNOWN")
-    return scripts
+        if not char.isascii() and unicodedata.category(char)[0] not in "LMN":
+            raise ValidationError(
+                _("%(label)s contains %(char)s, which is neither a letter nor a digit.")
+                % {"label": label, "char": char}
+            )
+    scripts = categories.unique_aliases(label) - NEUTRAL_SCRIPTS
+    if len(scripts) > 1 and not any(scripts <= allowed for allowed in SCRIPT_SETS):
+        raise ValidationError(
+            _("%(label)s mixes alphabets; names like that imitate others and are refused.")
+            % {"label": label}
+        )
+    letters = [c for c in label if not c.isascii() and unicodedata.category(c)[0] != "M"]
+    twins = {char: _ascii_twin(char) for char in letters}
+    found = [char for char in letters if twins[char]]
+    if found and (scripts <= {"LATIN"} or len(found) == len(letters)):
+        char = found[0]
+        raise ValidationError(
+            _(
+                "%(label)s is written in letters that look like Latin ones: %(char)s "
+                "(%(name)s) looks like %(twin)s. Names like that imitate others and are refused."
+            )
+            % {
+                "label": label,
+                "char": char,
+                "name": unicodedata.name(char, "?"),
+                "twin": twins[char],
+            }
+        )
 
 
 def clean_domain(raw: str) -> str:
@@ -60,21 +105,21 @@ def clean_domain(raw: str) -> str:
         raise ValidationError(_("A domain name has at least two parts, like example.org."))
     ascii_labels = []
     for label in labels:
+        if label.startswith("xn--"):
+            # Typed as punycode: checked as what it shows, and kept only in its one spelling.
+            try:
+                shown = label[4:].encode("ascii").decode("punycode")
+            except UnicodeError:
+                raise ValidationError(
+                    _("%(label)s is not a valid name.") % {"label": label}
+                ) from None
+            if shown.isascii() or unicodedata.normalize("NFC", shown).lower() != shown:
+                raise ValidationError(_("%(label)s is not a valid name.") % {"label": label})
+            label = shown
         if not label.isascii():
-            scripts = _scripts(label)
-            if len(scripts) > 1:
-                raise ValidationError(
-                    _("%(label)s mixes alphabets; names like that imitate others and are refused.")
-                    % {"label": label}
-                )
-            if all(ch in CONFUSABLE for ch in label if ch.isalpha()):
-                raise ValidationError(
-                    _(
-                        "%(label)s is written in letters that look like Latin ones; "
-                        "refused as a look-alike."
-                    )
-                    % {"label": label}
-                )
+            # One spelling for one name: a decomposed ü (u + U+0308) is the ü of NFC.
+            label = unicodedata.normalize("NFC", label)
+            _check_unicode_label(label)
             try:
                 label = "xn--" + label.encode("punycode").decode("ascii")
             except UnicodeError:

@@ -130,3 +130,53 @@ def test_database_password_is_shown_once_and_not_kept(client, alice, node):
     assert len(password) >= 24
     later = client.get(reverse("provisioning:site", args=[site.pk])).content.decode()
     assert password not in later
+
+
+# Look-alikes, by the Unicode confusables data (UTS #39) rather than a hand list.
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("\u0261oogle.com", "\u0261"),  # LATIN SMALL LETTER SCRIPT G, a Latin letter itself
+        ("\uff47\uff4f\uff4f\uff47\uff4c\uff45.com", "\uff47"),  # fullwidth letters
+        ("google.\uff43\uff4f\uff4d", "\uff43"),  # a fullwidth top-level domain
+        ("\u0131sparta.com", "\u0131"),  # dotless i
+        ("g\u043e\u043egle.com", "mixes alphabets"),  # two Cyrillic o among Latin letters
+        ("\u03b1pple.com", "mixes alphabets"),  # Greek alpha
+        ("\u0455\u0441\u043e\u0440\u0435.com", "look like Latin"),  # all Cyrillic: "scope"
+        ("xn--oogle-qmc.com", "\u0261"),  # the first one, typed as punycode
+        ("caf\u00e9\u2603.example", "\u2603"),  # a snowman is no letter
+    ],
+)
+def test_look_alikes_are_refused_by_the_unicode_confusables(raw, message):
+    with pytest.raises(ValidationError, match=message):
+        clean_domain(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        ("b\u00fccher.example", "xn--bcher-kva.example"),
+        ("bu\u0308cher.example", "xn--bcher-kva.example"),  # decomposed, as some keyboards type it
+        ("stra\u00dfe.example", "xn--strae-oqa.example"),
+        ("\u043c\u043e\u0441\u043a\u0432\u0430.example", "xn--80adxhks.example"),
+        ("\u65e5\u672c\u8a9e\u304b\u306a.example", "xn--u8j2c547sncbk91h.example"),
+        ("\u03b5\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac.example", "xn--hxargifdar.example"),
+    ],
+)
+def test_real_names_in_other_scripts_are_welcome(raw, name):
+    assert clean_domain(raw) == name
+
+
+def test_the_look_alike_error_stands_next_to_the_field(client, alice, node):
+    client.force_login(alice)
+    response = client.post(
+        reverse("provisioning:index"), {"domain": "\u0261oogle.com", "kind": "static"}
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    field = page[page.index('name="domain"') - 400 : page.index('name="domain"') + 1200]
+    assert 'aria-invalid="true"' in field
+    assert "looks like g" in field
+    assert not Site.objects.exists()

@@ -17,12 +17,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from django.db import close_old_connections
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from newsletters import tokens
 
 log = logging.getLogger(__name__)
-MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+
+# The replies. Only the database being away defers a message: anything else that arrives is
+# taken (and kept, and dropped if unreadable) or refused for good, because a deferral makes
+# the mail node offer the same bytes again for days, and they will not read better then.
+REPLY_DONE = "250 2.0.0 Processed"
+REPLY_TRY_LATER = "451 4.3.0 Try again later"
 
 
 def _receive(raw: bytes, recipients: list[str]) -> list[str]:
@@ -72,14 +78,31 @@ class Handler:
             outcomes = await loop.run_in_executor(
                 self.pool, _receive, bytes(envelope.original_content), list(envelope.rcpt_tos)
             )
-        except Exception:
-            # The database is away: the MTA keeps the message and tries again.
-            log.exception("could not process a report for %s", envelope.rcpt_tos)
-            return "451 4.3.0 Try again later"
+        except (OperationalError, InterfaceError) as exc:
+            # The database is away: the MTA keeps the message and tries again. Nothing of it
+            # was saved (report_receive is one transaction).
+            log.warning(
+                "database unavailable; deferred a report for %s: %s", envelope.rcpt_tos, exc
+            )
+            return REPLY_TRY_LATER
         self.received += 1
         for recipient, outcome in zip(envelope.rcpt_tos, outcomes, strict=True):
             log.info("report for %s: %s", recipient, outcome)
-        return "250 2.0.0 Processed"
+        return REPLY_DONE
+
+
+def data_size_limit() -> int:
+    """The largest message the endpoint takes on the wire; larger ones get 552 (permanent).
+
+    NEWSLETTER_INBOUND_MAX_BYTES is the mail node's Postfix message_size_limit (ansible
+    mail_node_message_size_limit): a message Postfix accepted for the bounce domain must not
+    be refused here, or Postfix returns it to its sender, a bounce of a bounce. On its way
+    here the message grows: Postfix adds its Received field, and the SMTP client sends CRLF
+    where Postfix's queue file keeps line records; a sixteenth and 64 KiB more covers both
+    for lines of 32 characters and longer.
+    """
+    limit = settings.NEWSLETTER_INBOUND_MAX_BYTES
+    return limit + limit // 16 + 64 * 1024
 
 
 def server(host: str, port: int, allow: Sequence[str]) -> Controller:
@@ -88,7 +111,7 @@ def server(host: str, port: int, allow: Sequence[str]) -> Controller:
         handler,
         hostname=host,
         port=port,
-        data_size_limit=MAX_MESSAGE_BYTES,
+        data_size_limit=data_size_limit(),
         server_hostname="panel-inbound",
         ready_timeout=10,
     )

@@ -288,6 +288,15 @@ class BounceEvent(models.Model):
 
     class Meta:
         ordering = ["-at"]
+        constraints: ClassVar = [
+            # A complaint counts once per delivery, however often it is reported (the same
+            # person pressing "spam" again, a provider resending its report).
+            models.UniqueConstraint(
+                fields=["delivery"],
+                condition=Q(kind="complaint"),
+                name="complaint_once_per_delivery",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.subscriber_id}"
@@ -302,7 +311,10 @@ class InboundReport(models.Model):
     type = models.CharField(max_length=16)  # dsn, arf, unsubscribe, unknown
     reporter = models.CharField(max_length=30, blank=True)
     outcome = models.CharField(max_length=300, blank=True)
+    # What the parser read of it (reports.essentials: header fields, report parts, beginnings
+    # of text parts), emptied after NEWSLETTER_RETENTION_DAYS; `size` is what arrived.
     raw = models.BinaryField()
+    size = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-received_at"]

@@ -66,9 +66,19 @@ class Inbound:
     token: str = ""
 
 
+_ADDRESS_CHARACTERS = re.compile(r"[\x21-\x7e]+")
+
+
 def classify_recipient(address: str) -> Inbound:
-    """What an address on the bounce domain is for (the LMTP endpoint accepts only these)."""
-    local, _at, domain = address.strip().strip("<>").lower().rpartition("@")
+    """What an address on the bounce domain is for (the SMTP endpoint accepts only these).
+
+    Every address the panel hands out is printable ASCII; one with spaces, control characters
+    or other scripts is nobody's here (and kept out of the database).
+    """
+    text = address.strip().strip("<>")
+    if not _ADDRESS_CHARACTERS.fullmatch(text):
+        return Inbound("unknown")
+    local, _at, domain = text.lower().rpartition("@")
     if domain != settings.NEWSLETTER_BOUNCE_DOMAIN:
         return Inbound("unknown")
     base, _plus, token = local.partition("+")

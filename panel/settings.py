@@ -300,6 +300,13 @@ NEWSLETTER_SEND_BUDGET_SECONDS = env_int("NEWSLETTER_SEND_BUDGET_SECONDS", 30, m
 NEWSLETTER_MAINTENANCE_SECONDS = env_int("NEWSLETTER_MAINTENANCE_SECONDS", 30, minimum=1)
 NEWSLETTER_MAX_BODY_BYTES = env_int("NEWSLETTER_MAX_BODY_BYTES", 512 * 1024, minimum=1024)
 NEWSLETTER_OUTBOX_DIR = env_str("NEWSLETTER_OUTBOX_DIR", "")  # the demo's sink, shown to staff
+# A campaign pauses itself on complaints only from this many different people (and above 0.3 %).
+NEWSLETTER_PAUSE_MIN_COMPLAINERS = env_int("NEWSLETTER_PAUSE_MIN_COMPLAINERS", 3, minimum=1)
+# The largest message the inbound endpoint takes: the mail node's Postfix message_size_limit
+# (ansible mail_node_message_size_limit) is the same number, so what Postfix took, it takes.
+NEWSLETTER_INBOUND_MAX_BYTES = env_int(
+    "NEWSLETTER_INBOUND_MAX_BYTES", 15 * 1024 * 1024, minimum=1024 * 1024
+)
 
 # Logging -------------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})

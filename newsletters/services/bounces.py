@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import date, timedelta
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -23,10 +25,12 @@ from newsletters.models import (
     Subscriber,
     SubscriberStatus,
 )
-from newsletters.reports import parse_report
+from newsletters.reports import ReportError, essentials, parse_report
 from newsletters.services.campaigns import campaign_pause
 from newsletters.services.common import NewsletterError
 from newsletters.services.lists import _consent, unsubscribe_by_token
+
+log = logging.getLogger(__name__)
 
 # Bounces, complaints, mailto unsubscribes ------------------------------------------------
 
@@ -87,8 +91,21 @@ def complaint_record(
     delivery: Delivery | None = None,
     report: InboundReport | None = None,
 ) -> BounceEvent:
-    """A complaint suppresses the address at once and may pause the campaign."""
+    """A complaint suppresses the address at once and may pause the campaign.
+
+    One delivery is complained about once: a person pressing "spam" again, or a provider
+    sending its report again with other bytes, changes nothing and returns the first event
+    (the database holds one complaint per delivery). The campaign's count is therefore of
+    people, and it pauses only with NEWSLETTER_PAUSE_MIN_COMPLAINERS of them and a rate above
+    COMPLAINT_RATE: one person in a small campaign is no signal.
+    """
     locked = Subscriber.objects.select_for_update().get(pk=subscriber.pk)
+    if delivery is not None:
+        # Under the subscriber's lock: a second report for the same delivery waits for the
+        # first and then finds its event.
+        first = BounceEvent.objects.filter(delivery=delivery, kind=ReportKind.COMPLAINT).first()
+        if first is not None:
+            return first
     if locked.status in (SubscriberStatus.CONFIRMED, SubscriberStatus.PENDING):
         locked.status = SubscriberStatus.COMPLAINED
         locked.status_changed_at = timezone.now()
@@ -114,6 +131,7 @@ def complaint_record(
         if (
             campaign.state == CampaignState.SENDING
             and campaign.complaints > campaign.complaints_acknowledged
+            and campaign.complaints >= settings.NEWSLETTER_PAUSE_MIN_COMPLAINERS
             and rate > COMPLAINT_RATE
         ):
             campaign_pause(
@@ -137,20 +155,42 @@ def report_receive(*, raw: bytes, recipient: str) -> str:
 
     Kept once by its hash (an MTA that delivers twice does nothing twice). A bounce is
     traced by its VERP address, else by the Message-ID of the returned original; a complaint
-    by that Message-ID; both carry an HMAC tag, so a forged report matches nothing.
+    by that Message-ID, else by the original's VERP return path; both carry an HMAC tag, so a
+    forged report matches nothing.
+
+    Only what the parser reads is stored (reports.essentials: header fields, report parts,
+    the beginnings of text parts), with the size that arrived; retention_purge() empties it
+    after NEWSLETTER_RETENTION_DAYS. Input that is no email is kept and dropped. A failure
+    of this code is logged and the message kept for review, its changes undone: only the
+    database being away raises (OperationalError, InterfaceError), which the endpoint turns
+    into a try-again-later, since retrying helps only then.
     """
     inbound = tokens.classify_recipient(recipient)
     # Per recipient: one message to two addresses (a bounce and an unsubscribe) is two reports.
     digest = hashlib.sha256(recipient.lower().encode() + b"\0" + raw).hexdigest()
+    kept = essentials(raw)
     with transaction.atomic():
         try:
             with transaction.atomic():
                 report = InboundReport.objects.create(
-                    sha256=digest, recipient=recipient[:254], type=inbound.kind, raw=raw
+                    sha256=digest,
+                    recipient=recipient[:254],
+                    type=inbound.kind,
+                    raw=kept,
+                    size=len(raw),
                 )
         except IntegrityError:
             return "duplicate"
-        outcome = _apply_report(report, inbound, raw)
+        try:
+            with transaction.atomic():
+                outcome = _apply_report(report, inbound, kept)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            # A shape of input this code did not foresee: retrying cannot help, and the
+            # traceback is for the developers. What the report did is undone; it stays kept.
+            log.exception("could not process the report %s to %s", report.pk, report.recipient)
+            outcome = f"error: not processed ({type(exc).__name__}); kept for review"
         InboundReport.objects.filter(pk=report.pk).update(outcome=outcome[:300])
     return outcome
 
@@ -162,7 +202,14 @@ def _apply_report(report: InboundReport, inbound: tokens.Inbound, raw: bytes) ->
         except NewsletterError:
             return "unsubscribe: invalid token"
         return f"unsubscribe: subscriber {subscriber.pk} is {subscriber.status}"
-    parsed = parse_report(raw)
+    try:
+        parsed = parse_report(raw)
+    except ReportError as exc:
+        # No header fields at all: nothing will ever read it, so it is dropped, not deferred
+        # (a 4xx would have the MTA offer it again for days).
+        log.warning("dropped a message to %s: %s", report.recipient, exc)
+        InboundReport.objects.filter(pk=report.pk).update(type="unknown")
+        return f"dropped: not an email message ({exc})"
     InboundReport.objects.filter(pk=report.pk).update(type=parsed.type, reporter=parsed.reporter)
     if not parsed.findings:
         return f"{parsed.type}: nothing to act on"
@@ -170,9 +217,16 @@ def _apply_report(report: InboundReport, inbound: tokens.Inbound, raw: bytes) ->
     done: list[str] = []
     today = timezone.localdate()
     for finding in parsed.findings:
-        delivery_id = tokens.delivery_from_message_id(finding.message_id) or verp_delivery
+        delivery_id = (
+            tokens.delivery_from_message_id(finding.message_id)
+            or verp_delivery
+            or _delivery_from_return_path(finding.verp)
+        )
         if delivery_id is None:
-            done.append(f"{finding.kind}: no matching delivery")
+            # Our Feedback-ID names the campaign but carries no tag, so it never traces a
+            # report (a forged one would suppress someone); it tells people where it came from.
+            named = f" (Feedback-ID {finding.feedback_id})" if finding.feedback_id else ""
+            done.append(f"{finding.kind}: no matching delivery{named}")
             continue
         delivery = Delivery.objects.select_related("subscriber").filter(pk=delivery_id).first()
         if delivery is None:
@@ -180,17 +234,21 @@ def _apply_report(report: InboundReport, inbound: tokens.Inbound, raw: bytes) ->
             continue
         subscriber = delivery.subscriber
         if finding.address and verp_delivery is None and finding.address != subscriber.email:
-            # Traced by Message-ID only, and the report names someone else: do not guess.
+            # Traced through the report's contents only, and it names someone else: do not
+            # guess. (The envelope's VERP address is the one the bounce was sent to.)
             done.append(f"{finding.kind}: address does not match delivery {delivery_id}")
             continue
         if finding.kind == "complaint":
-            complaint_record(
+            event = complaint_record(
                 subscriber=subscriber,
                 detail=finding.detail,
                 reporter=parsed.reporter,
                 delivery=delivery,
                 report=report,
             )
+            if event.report_id != report.pk:
+                done.append(f"complaint: subscriber {subscriber.pk} (already counted)")
+                continue
         else:
             bounce_record(
                 subscriber=subscriber,
@@ -205,3 +263,11 @@ def _apply_report(report: InboundReport, inbound: tokens.Inbound, raw: bytes) ->
         if verp_delivery is not None:
             break  # a VERP bounce is about its one delivery
     return "; ".join(done)
+
+
+def _delivery_from_return_path(address: str) -> int | None:
+    """The delivery a VERP return path names (checked by its tag), or None."""
+    found = tokens.classify_recipient(address) if address else None
+    if found is None or found.kind != "bounce":
+        return None
+    return tokens.delivery_from_tag(found.token)

@@ -75,13 +75,15 @@ CASES: dict[str, Case] = {
         reporter="gmail",
         findings=(("hard", "hedy.lamarr@example.net", "5.1.1 smtp; 550 5.1.1"),),
     ),
-    "gmail_soft": Case(
+    # "Action: failed" with a 4.x.x status: the condition was temporary, but Gmail gave up on
+    # the message, so it failed for good (RFC 3464: "failed" is final).
+    "gmail_inbox_full": Case(
         rcpt="Katherine.Johnson@gmail.com",
         type="dsn",
         reporter="gmail",
         findings=(
             (
-                "soft",
+                "hard",
                 "katherine.johnson@gmail.com",
                 "4.2.2 smtp; 452-4.2.2 The email account that you tried to reach is over quota.",
             ),
@@ -122,6 +124,120 @@ CASES: dict[str, Case] = {
         type="arf",
         reporter="microsoft",
         findings=(("complaint", "lise.meitner@outlook.com", "abuse"),),
+    ),
+    "sendmail_hard": Case(
+        rcpt="Grace.Hopper@example.edu",
+        type="dsn",
+        reporter="sendmail",
+        findings=(
+            (
+                "hard",
+                "grace.hopper@example.edu",
+                "5.1.1 SMTP; 550 5.1.1 <Grace.Hopper@example.edu>... User unknown",
+            ),
+        ),
+    ),
+    "sendmail_delayed": Case(
+        rcpt="Grace.Hopper@example.edu",
+        type="dsn",
+        reporter="sendmail",
+        findings=(("soft", "grace.hopper@example.edu", "4.4.7"),),
+    ),
+    "qmail_hard": Case(
+        rcpt="Alan.Turing@mailbox.example",
+        type="dsn",
+        reporter="qmail",
+        findings=(
+            (
+                "hard",
+                "alan.turing@mailbox.example",
+                "Sorry, no mailbox here by that name. vpopmail (#5.1.1)",
+            ),
+        ),
+    ),
+    "yahoo_hard": Case(
+        rcpt="Dorothy.Vaughan@yahoo.com",
+        type="dsn",
+        reporter="yahoo",
+        findings=(
+            (
+                "hard",
+                "dorothy.vaughan@yahoo.com",
+                "554: delivery error: dd Requested mail action aborted",
+            ),
+        ),
+    ),
+    "office365_expired": Case(
+        rcpt="Chien-Shiung.Wu@partnerorg.example",
+        type="dsn",
+        reporter="microsoft",
+        findings=(
+            (
+                "hard",
+                "chien-shiung.wu@partnerorg.example",
+                "4.4.7 smtp;550 4.4.7 QUEUE.Expired; message expired",
+            ),
+        ),
+    ),
+    "postfix_expired": Case(
+        rcpt="Margaret.Hamilton@slowhost.example",
+        type="dsn",
+        reporter="postfix",
+        findings=(
+            (
+                "hard",
+                "margaret.hamilton@slowhost.example",
+                "4.4.1 X-Postfix; connect to mx.slowhost.example[192.0.2.44]:25: Connection",
+            ),
+        ),
+    ),
+    "postfix_smtputf8": Case(
+        rcpt="Emmy.Klieneberger@example.net",
+        type="dsn",
+        reporter="postfix",
+        findings=(
+            (
+                "hard",
+                "emmy.klieneberger@example.net",
+                "5.1.1 smtp; 550 5.1.1 <Emmy.Klieneberger@example.net>: Recipient address",
+            ),
+        ),
+    ),
+    "headers_only_dsn": Case(
+        rcpt="Ida.Noddack@partner.example",
+        type="dsn",
+        reporter="",
+        findings=(("hard", "ida.noddack@partner.example", "5.2.1 smtp; 550 5.2.1 mailbox closed"),),
+    ),
+    "arf_headers_only": Case(
+        rcpt="Cecilia.Payne@isp.example",
+        type="arf",
+        reporter="",
+        findings=(("complaint", "cecilia.payne@isp.example", "abuse"),),
+    ),
+    "arf_global_headers": Case(
+        rcpt="Lise.Kuehn@isp.example",
+        type="arf",
+        reporter="",
+        findings=(("complaint", "lise.kuehn@isp.example", "abuse"),),
+    ),
+    "forwarded_bounce": Case(
+        rcpt="Rachel.Carson@example.net",
+        type="dsn",
+        reporter="postfix",
+        findings=(
+            (
+                "hard",
+                "rachel.carson@example.net",
+                "5.1.1 smtp; 550 5.1.1 <Rachel.Carson@example.net>: Recipient address rejected",
+            ),
+        ),
+    ),
+    "forwarded_arf": Case(
+        rcpt="Maria.Goeppert@isp.example",
+        type="arf",
+        reporter="",
+        findings=(("complaint", "maria.goeppert@isp.example", "abuse"),),
     ),
     "arf_not_spam": Case(rcpt="barbara@mailhost.example", type="arf", reporter="", findings=()),
     "autoreply": Case(rcpt="grete@example.org", type="unknown", reporter="", findings=()),
@@ -188,13 +304,17 @@ def test_yahoo_redaction_leaks_no_address() -> None:
     assert finding.message_id == _mid(123)
 
 
-def test_gmail_inbox_full_is_soft_although_flufl_says_permanent() -> None:
-    """Gmail reports a 4.2.2 it gave up on as "Action: failed"; the Status class wins."""
-    raw = _sample("gmail_soft")
+def test_gmail_inbox_full_that_gmail_gave_up_on_is_hard_as_flufl_says() -> None:
+    """Gmail reports a 4.2.2 it gave up on as "Action: failed": the message finally failed.
+
+    This was read as soft (the Status class won); the issue's item 4 makes a final failure
+    hard whatever its status class, which is also flufl.bounce's reading.
+    """
+    raw = _sample("gmail_inbox_full")
     temporary, permanent = all_failures(email.message_from_bytes(raw))
     assert not temporary
     assert permanent == {b"Katherine.Johnson@gmail.com"}
-    assert [f.kind for f in parse_report(raw).findings] == ["soft"]
+    assert [f.kind for f in parse_report(raw).findings] == ["hard"]
 
 
 def test_raw_utf8_header_does_not_defeat_flufl() -> None:
@@ -440,3 +560,134 @@ def _dsn(*blocks: str) -> bytes:
         "Message-ID: <d9.zzzzzzzzzz@bounces.example.coop>\n\n"
         "--q.1/h--\n"
     ).encode()
+
+
+# The returned original as a header block (issue 14, item 1) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type", ["message/rfc822-headers", "message/global-headers", "text/rfc822-headers"]
+)
+@pytest.mark.parametrize("name", ["arf_headers_only", "headers_only_dsn"])
+def test_a_header_block_returned_as_any_headers_type_gives_message_id_and_address(
+    name: str, content_type: str
+) -> None:
+    """The stdlib parses message/* parts into sub-messages, so their text reads as "".
+
+    Without Original-Rcpt-To, the complaint's address comes from the original's To.
+    """
+    raw = _sample(name).replace(
+        b"Content-Type: message/rfc822-headers", f"Content-Type: {content_type}".encode()
+    )
+    assert content_type.encode() in raw
+    (finding,) = parse_report(raw).findings
+    assert finding.message_id == _mid(123)
+    assert finding.address == CASES[name].rcpt.lower()
+    assert finding.verp == _verp(123)
+
+
+@pytest.mark.parametrize("encoding", ["base64", "quoted-printable"])
+def test_an_encoded_header_block_is_decoded(encoding: str) -> None:
+    raw = _sample("arf_headers_only")
+    head, _sep, rest = raw.partition(b"Content-Type: message/rfc822-headers\n\n")
+    block, _sep, tail = rest.partition(b"\n--arf-3c81f0d2a6--")
+    body = base64.encodebytes(block) if encoding == "base64" else block.replace(b"=", b"=3D")
+    raw = (
+        head
+        + b"Content-Type: message/rfc822-headers\nContent-Transfer-Encoding: "
+        + encoding.encode()
+        + b"\n\n"
+        + body
+        + b"\n--arf-3c81f0d2a6--"
+        + tail
+    )
+    (finding,) = parse_report(raw).findings
+    assert (finding.kind, finding.message_id) == ("complaint", _mid(123))
+
+
+def test_a_complaint_without_message_id_still_names_the_verp_and_feedback_id() -> None:
+    """Some feedback loops strip the Message-ID; the VERP return path still names the delivery."""
+    raw = _sample("arf_headers_only").replace(f"Message-ID: <{_mid(123)}>\n".encode(), b"")
+    (finding,) = parse_report(raw).findings
+    assert finding.message_id == ""
+    assert finding.verp == _verp(123)
+    assert finding.feedback_id == "c42:l3:m7:commune-panel"
+
+
+@pytest.mark.parametrize("name", ["forwarded_bounce", "forwarded_arf"])
+def test_a_report_forwarded_as_an_attachment_is_read_from_the_attachment(name: str) -> None:
+    """The Message-ID is the returned original's, not the forward's nor the report's own."""
+    raw = _sample(name)
+    report = parse_report(raw)
+    (finding,) = report.findings
+    assert finding.message_id == _mid(123)
+    for other in (
+        b"5d0c2e7b-8a41-4f06-9c3e-1b7a92f4d630@partner.example",
+        b"20250315090231.8C4E1D0219@mx1.example.net",
+        b"ticket-884213-2@desk.isp.example",
+        b"arf.71e6c0b94f@fbl.isp.example",
+    ):
+        assert finding.message_id.encode() != other
+    assert finding.verp == _verp(123)
+
+
+# Addresses that look masked (issue 14, item 3) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("local", "address"),
+    [
+        ("xxxxx", ""),
+        ("XXXXXXXX", ""),
+        ("*****", ""),
+        ("redacted", ""),
+        ("unredacted.fan", "unredacted.fan@example.net"),
+        ("redacted.not", "redacted.not@example.net"),
+        ("max", "max@example.net"),
+        ("xxx.y", "xxx.y@example.net"),
+    ],
+)
+@pytest.mark.parametrize("name", ["postfix_hard", "exim_hard", "qmail_hard", "microsoft_arf"])
+def test_an_address_that_looks_masked_is_kept_as_a_finding(
+    name: str, local: str, address: str
+) -> None:
+    """A report is never dropped for its address: only the address is left out when it looks
+    like a placeholder (RFC 6590), and the VERP or Message-ID says whose report it is."""
+    raw = load(name, rcpt=f"{local}@example.net", message_id=_mid(5), verp=_verp(5))
+    (finding,) = parse_report(raw).findings
+    assert finding.address == address
+    assert finding.message_id == _mid(5)
+    assert finding.kind == CASES[name].findings[0][0]
+
+
+# Final failures (issue 14, item 4) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "kind"),
+    [
+        ("failed", "4.4.7", "hard"),
+        ("failed", "4.2.2", "hard"),
+        ("Failed", "4.4.1 (delivery time expired)", "hard"),
+        ("failed", "5.1.1", "hard"),
+        ("delayed", "4.4.7", "soft"),
+        ("delayed", "5.1.1", "soft"),
+        ("", "4.4.7", "soft"),
+        ("", "5.1.1", "hard"),
+        ("delivered", "2.0.0", None),
+    ],
+)
+def test_action_failed_is_final_whatever_the_status_class(
+    action: str, status: str, kind: str | None
+) -> None:
+    block = f"Final-Recipient: rfc822; x@example.net\nStatus: {status}\n"
+    if action:
+        block += f"Action: {action}\n"
+    report = parse_report(_dsn(block))
+    assert [f.kind for f in report.findings] == ([kind] if kind else [])
+
+
+def test_findings_carry_the_verp_of_the_original() -> None:
+    for name in ("postfix_hard", "yahoo_arf", "microsoft_arf", "sendmail_hard", "qmail_hard"):
+        (finding,) = parse_report(_sample(name)).findings
+        assert finding.verp == _verp(123), name

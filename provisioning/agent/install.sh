@@ -7,6 +7,7 @@
 # - a system user `panel-agent` whose only SSH key is the panel's, restricted to the agent
 #   (forced command, no pty, no forwarding);
 # - one sudoers line that lets that user run the agent's root mode, and nothing else;
+# - a user `panel-acme` for lego (certificates), which runs as neither root nor a site;
 # - SFTP for site users, chrooted into their site, keys kept in /etc/ssh/panel-keys/<user>;
 # - the nginx log format the metering reads, and the include of the agent's vhosts.
 set -eu
@@ -25,8 +26,19 @@ install -d -m 0750 -o panel-agent -g panel-agent /var/lib/panel-agent
 install -d -m 0755 -o root -g root /srv/sites /etc/nginx/panel-sites /var/log/nginx/panel
 install -d -m 0700 -o root -g root /var/backups/panel
 
-# The root helper writes state too (acme, pages); the unprivileged agent owns the rest.
+# The root helper writes state too (pages, and certificates lego made when it ran as root);
+# the unprivileged agent owns the rest.
 install -d -m 0755 -o root -g root /var/lib/panel-agent/acme /var/www/panel-pages
+
+# lego runs as a user of its own: its account and keys in /var/lib/panel-acme, the HTTP-01
+# answers in /var/www/panel-acme, which every site serves /.well-known/acme-challenge/ from
+# and no site user can write.
+if ! getent passwd panel-acme >/dev/null; then
+  useradd --system --user-group --home-dir /var/lib/panel-acme --no-create-home \
+    --shell /usr/sbin/nologin panel-acme
+fi
+install -d -m 0700 -o panel-acme -g panel-acme /var/lib/panel-acme
+install -d -m 0755 -o panel-acme -g panel-acme /var/www/panel-acme
 
 printf 'panel-agent ALL=(root) NOPASSWD: %s --root\n' "$lib/panel-agent" > /etc/sudoers.d/panel-agent
 chmod 0440 /etc/sudoers.d/panel-agent

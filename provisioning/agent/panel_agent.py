@@ -224,6 +224,12 @@ def load_config() -> dict[str, Any]:
     config.setdefault("reload_settle_s", 0.3)
     # Readable by the web server's workers (the agent's own state directory is not).
     config["pages_dir"] = Path(config.get("pages_dir", "/var/www/panel-pages"))
+    # lego runs as a user of its own (not root, not a site's): its account, keys and
+    # certificates in acme_dir, the HTTP-01 answers in acme_webroot, which every site's vhost
+    # serves /.well-known/acme-challenge/ from and no site user can write.
+    config.setdefault("acme_user", "panel-acme")
+    config["acme_dir"] = Path(config.get("acme_dir", "/var/lib/panel-acme"))
+    config["acme_webroot"] = Path(config.get("acme_webroot", "/var/www/panel-acme"))
     return config
 
 
@@ -273,7 +279,7 @@ server {{
     error_log {log_dir}/{user}.error.log;
     root {root};
     index index.html index.php;
-    location ^~ /.well-known/acme-challenge/ {{ root {root}; try_files $uri =404; }}
+    location ^~ /.well-known/acme-challenge/ {{ root {acme_webroot}; try_files $uri =404; }}
 {tls_redirect}{body}
 }}
 {tls_server}"""
@@ -337,8 +343,22 @@ def site_paths(config: dict[str, Any], user: str) -> dict[str, Path]:
         "vhost": inside(config["vhost_dir"], f"{user}.conf"),
         "pool": inside(Path(config["php_pool_dir"]), f"{user}.conf"),
         "keys": inside(Path(config["keys_dir"]), user),
-        "cert_dir": inside(config["state_dir"], "acme", "certificates"),
+        "cert_dir": inside(config["acme_dir"], "certificates"),
+        # Where lego kept certificates when it ran as root; served until they are renewed.
+        "legacy_cert_dir": inside(config["state_dir"], "acme", "certificates"),
     }
+
+
+def site_certificate(spec: dict[str, Any], paths: dict[str, Path]) -> tuple[Path, Path] | None:
+    """The certificate and key the site's TLS server uses, when it has TLS and they exist."""
+    if not spec.get("tls"):
+        return None
+    for directory in (paths["cert_dir"], paths["legacy_cert_dir"]):
+        cert = directory / f"{spec['domains'][0]}.crt"
+        key = directory / f"{spec['domains'][0]}.key"
+        if cert.exists() and key.exists():
+            return cert, key
+    return None
 
 
 def render_vhost(config: dict[str, Any], spec: dict[str, Any], paths: dict[str, Path]) -> str:
@@ -350,9 +370,7 @@ def render_vhost(config: dict[str, Any], spec: dict[str, Any], paths: dict[str, 
         body = PHP_BODY.format(socket=socket)
     else:
         body = STATIC_BODY
-    cert = paths["cert_dir"] / f"{spec['domains'][0]}.crt"
-    key = paths["cert_dir"] / f"{spec['domains'][0]}.key"
-    tls = spec.get("tls") and cert.exists() and key.exists()
+    pair = site_certificate(spec, paths)
     common = {
         "names": " ".join(spec["domains"]),
         "log_dir": config["log_dir"],
@@ -361,12 +379,16 @@ def render_vhost(config: dict[str, Any], spec: dict[str, Any], paths: dict[str, 
         "body": body,
     }
     tls_server = ""
-    if tls:
+    if pair:
         tls_server = TLS_SERVER.format(
-            https_port=config["https_port"], cert=cert, key=key, **common
+            https_port=config["https_port"], cert=pair[0], key=pair[1], **common
         )
     return VHOST.format(
-        http_port=config["http_port"], tls_redirect="", tls_server=tls_server, **common
+        http_port=config["http_port"],
+        acme_webroot=config["acme_webroot"],
+        tls_redirect="",
+        tls_server=tls_server,
+        **common,
     )
 
 
@@ -481,18 +503,30 @@ def site_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
             paths["vhost"].unlink()  # never leave a configuration nginx refuses
             raise
     expected = 503 if spec["state"] == "suspended" else None
+    pair = site_certificate(spec, paths)
     return {
         "changed": changed,
-        "served": {name: served(config, name, expected) for name in spec["domains"]},
+        "served": {
+            name: served(config, name, expected, cert=pair[0] if pair else None)
+            for name in spec["domains"]
+        },
         **site_state(config, user),
     }
 
 
-def served(config: dict[str, Any], name: str, expected: int | None, wait_s: float = 5.0) -> int:
+def served(
+    config: dict[str, Any],
+    name: str,
+    expected: int | None,
+    wait_s: float = 5.0,
+    cert: Path | None = None,
+) -> int:
     """The HTTP status the node's web server gives for ``name`` once the reload took effect.
 
     A reload is asynchronous (old workers finish their requests), so ask until the answer is
-    the one this configuration gives, or the time is up; the status found is reported.
+    the one this configuration gives, or the time is up; the status found is reported. With
+    ``cert``, until the TLS handshake for ``name`` hands out that certificate too: the HTTP
+    answer alone cannot tell an old worker from a new one when only TLS changed.
     """
     import urllib.error
     import urllib.request
@@ -511,9 +545,35 @@ def served(config: dict[str, Any], name: str, expected: int | None, wait_s: floa
         except OSError:
             status = 0
         good = status == expected if expected else status in (200, 301, 302, 403)
+        if good and cert is not None:
+            good = serves_certificate(config, name, cert)
         if good or time.monotonic() > deadline:
             return status
         time.sleep(0.05)
+
+
+def serves_certificate(config: dict[str, Any], name: str, cert: Path) -> bool:
+    """Whether nginx hands out ``cert`` (its first, the site's own) in a handshake for ``name``."""
+    import socket
+    import ssl
+
+    try:
+        pem = cert.read_text()
+        leaf = ssl.PEM_cert_to_DER_cert(pem[: pem.index(ssl.PEM_FOOTER) + len(ssl.PEM_FOOTER)])
+    except (OSError, ValueError):
+        return False
+    # Not a verification (that is the client's business): only which certificate comes back.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", config["https_port"]), timeout=2) as raw,
+            context.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            return tls.getpeercert(binary_form=True) == leaf
+    except OSError:
+        return False
 
 
 def keys_ensure(config: dict[str, Any], user: str, keys: list[str]) -> bool:
@@ -576,11 +636,32 @@ def site_purge(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def cert_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    """Obtain or renew a certificate over HTTP-01 with lego, then serve it."""
+    """Obtain or renew a certificate over HTTP-01 with lego, as the ACME user.
+
+    Not as root, and not into the site's files: lego talks to a server on the internet, and
+    a member who could write where root writes the challenge could point it anywhere with a
+    symlink. The ACME user owns the account, the keys and the challenge directory; nginx
+    (root, at reload) reads the certificates.
+    """
     paths = site_paths(config, spec["user"])
-    acme = config["state_dir"] / "acme"
+    acme, webroot = config["acme_dir"], config["acme_webroot"]
     cert = paths["cert_dir"] / f"{spec['domains'][0]}.crt"
-    env = dict(os.environ)
+    identity: dict[str, Any] = {}
+    if config["privileged"]:
+        try:
+            entry = pwd.getpwnam(config["acme_user"])
+        except KeyError:
+            raise Failed(
+                f"the node has no user {config['acme_user']} for lego "
+                "(run install.sh or the hosting_node role again)"
+            ) from None
+        identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        for directory, mode in ((acme, 0o700), (webroot, 0o755)):
+            if not directory.exists():
+                directory.mkdir(parents=True, mode=mode)
+                os.chown(directory, entry.pw_uid, entry.pw_gid)
+    # Only what lego needs: no variables of the root helper's caller.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(acme), "LANG": "C.UTF-8"}
     if config.get("acme_ca_bundle"):
         env["LEGO_CA_CERTIFICATES"] = str(config["acme_ca_bundle"])
     action = "renew" if cert.exists() else "run"
@@ -595,7 +676,7 @@ def cert_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         str(acme),
         "--http",
         "--http.webroot",
-        str(paths["htdocs"]),
+        str(webroot),
     ]
     for name in spec["domains"]:
         cmd += ["--domains", name]
@@ -604,7 +685,14 @@ def cert_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         cmd += ["--days", "30"]
     try:
         done = subprocess.run(  # noqa: S603
-            cmd, capture_output=True, text=True, timeout=300, env=env, check=False
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=str(acme),
+            check=False,
+            **identity,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise Failed(f"lego: {exc}") from exc

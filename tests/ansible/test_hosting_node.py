@@ -242,6 +242,8 @@ AGENT_PATHS = [
     ("/var/lib/panel-agent/.ssh/authorized_keys", True),
     ("/var/lib/panel-agent/acme", False),
     ("/var/www/panel-pages", False),
+    ("/var/lib/panel-acme", False),
+    ("/var/www/panel-acme", False),
     ("/srv/sites", False),
     ("/etc/nginx/panel-sites", False),
     ("/var/log/nginx/panel", False),
@@ -286,6 +288,12 @@ def test_the_role_sets_up_what_install_sh_sets_up(
             "/bin/sh\n",
         ]
         assert host.run(["getent", "group", "panel-sftp"]).startswith("panel-sftp:")
+        # lego's own user: no login, no other groups.
+        assert host.run(["id", "-nG", "panel-acme"]).split() == ["panel-acme"]
+        assert host.run(["getent", "passwd", "panel-acme"]).split(":")[5:] == [
+            "/var/lib/panel-acme",
+            "/usr/sbin/nologin\n",
+        ]
     # The metering's log format: nginx.conf holds it (and the vhost include) on the role's
     # node, install.sh writes them to conf.d/panel.conf.
     role_nginx = role.run(["cat", "/etc/nginx/nginx.conf"])

@@ -74,6 +74,8 @@ def seed_hosting(member: User) -> None:
         "keys_dir": str(root / "keys"),
         "php_pool_dir": str(root / "php"),
         "pages_dir": str(root / "pages"),
+        "acme_dir": str(root / "acme"),
+        "acme_webroot": str(root / "acme-webroot"),
         "http_port": port,
         "nginx": ["nginx", "-c", str(conf), "-p", str(root)],
         "php_fpm_reload": ["true"],

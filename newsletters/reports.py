@@ -51,6 +51,8 @@ from typing import Literal
 from flufl.bounce import all_failures
 
 logger = logging.getLogger(__name__)
+# flufl.bounce logs a line per detector per message at INFO: seventeen lines for every report.
+logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
 Kind = Literal["hard", "soft", "complaint"]
 ReportType = Literal["dsn", "arf", "unknown"]

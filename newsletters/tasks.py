@@ -39,6 +39,11 @@ def maintenance() -> dict[str, int]:
     return services.maintenance()
 
 
+@shared_task(acks_late=True)
+def purge_retention() -> dict[str, int]:
+    return services.retention_purge()
+
+
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def run_import(import_id: int) -> str:
     return str(services.import_run(import_id=import_id).state)

@@ -34,6 +34,7 @@ app.conf.beat_schedule = {
         # Read here, not from settings: this module is imported before Django is set up.
         "schedule": float(env_int("NEWSLETTER_MAINTENANCE_SECONDS", 30, minimum=1)),
     },
+    "newsletters-retention": {"task": "newsletters.tasks.purge_retention", "schedule": 86400.0},
     "calls-expire-unsettled": {"task": "telephony.tasks.expire_unsettled_calls", "schedule": 60.0},
     # A hangup that reached no FastAGI server is billed from what Asterisk kept, and a call
     # whose channel is gone frees its hold, within a pass (ASTERISK_AMI names the nodes).

@@ -263,6 +263,22 @@ ACME_DIRECTORY_URL = env_str("ACME_DIRECTORY_URL", "https://acme-v02.api.letsenc
 ACME_EMAIL = env_str("ACME_EMAIL", "hostmaster@localhost")
 SITE_PURGE_AFTER_DAYS = env_int("SITE_PURGE_AFTER_DAYS", 14, minimum=0)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 8, minimum=1)
+# Domain proofs: a member's name is served once its DNS points at the site's node (A/AAAA to
+# the node's public address, or a CNAME to HOSTING_CNAME_TARGET or a name under it) or a TXT
+# record _commune-panel.NAME carries the token the panel shows. Names under these suffixes
+# need none: reserved names (RFC 2606, RFC 6761) cannot be registered, so no one can be robbed
+# of them, and they never resolve on the internet (the demo's NAME.localhost sites).
+HOSTING_CNAME_TARGET = env_str("HOSTING_CNAME_TARGET", "").lower().rstrip(".")
+HOSTING_NAMES_WITHOUT_PROOF = env_list(
+    "HOSTING_NAMES_WITHOUT_PROOF",
+    ["localhost", "test", "example", "invalid", "example.com", "example.net", "example.org"],
+)
+HOSTING_DNS_SERVERS = env_list("HOSTING_DNS_SERVERS", [])  # empty: /etc/resolv.conf
+HOSTING_DNS_TIMEOUT = env_int("HOSTING_DNS_TIMEOUT", 5, minimum=1)
+# The beat job re-checks unproved names for this many days after they were claimed.
+HOSTING_PROOF_RECHECK_DAYS = env_int("HOSTING_PROOF_RECHECK_DAYS", 14, minimum=1)
+# Members are emailed when a site's disk use crosses this share of its quota.
+HOSTING_QUOTA_WARN_PERCENT = env_int("HOSTING_QUOTA_WARN_PERCENT", 90, minimum=1)
 
 # Telephony -----------------------------------------------------------------------------
 FASTAGI_LISTEN = env_str("FASTAGI_LISTEN", "127.0.0.1:4573")
@@ -307,6 +323,9 @@ NEWSLETTER_PAUSE_MIN_COMPLAINERS = env_int("NEWSLETTER_PAUSE_MIN_COMPLAINERS", 3
 NEWSLETTER_INBOUND_MAX_BYTES = env_int(
     "NEWSLETTER_INBOUND_MAX_BYTES", 15 * 1024 * 1024, minimum=1024 * 1024
 )
+# Inbound messages and bounce and complaint events are deleted after this many days (a daily
+# job); consent events are kept.
+NEWSLETTER_RETENTION_DAYS = env_int("NEWSLETTER_RETENTION_DAYS", 30, minimum=1)
 
 # Logging -------------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})

@@ -29,6 +29,7 @@ from newsletters.services.lists import (
     unsubscribe,
     unsubscribe_by_token,
 )
+from newsletters.services.retention import retention_purge
 from newsletters.services.sending import (
     SendOutcome,
     campaign_prepare,
@@ -67,6 +68,7 @@ __all__ = [
     "list_update",
     "maintenance",
     "report_receive",
+    "retention_purge",
     "return_expired_leases",
     "revive_senders",
     "send_confirmation",

@@ -16,6 +16,14 @@ class DomainForm(forms.Form):
     )
 
 
+class OverrideForm(forms.Form):
+    reason = forms.CharField(
+        label=_("Reason"),
+        max_length=300,
+        help_text=_("Why this member holds the domain: it is kept in the audit log."),
+    )
+
+
 class ListForm(forms.Form):
     name = forms.CharField(label=_("Name"), max_length=100)
     slug = forms.CharField(

@@ -13,7 +13,9 @@ from django.utils.translation import pgettext_lazy
 
 
 class SendingDomain(models.Model):
-    """A domain a member sends from; verified when its DKIM key (or SPF) aligns with From."""
+    """A member's claim of a domain to send from; verified when its DKIM key (or SPF) aligns
+    with From. Several members may claim a name; one verified claim holds it (see
+    services.domains)."""
 
     member = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sending_domains"
@@ -28,11 +30,21 @@ class SendingDomain(models.Model):
     # What the last check found, per record: {"dkim": {"ok": bool, "found": [...]}, ...}.
     check_result = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Set when an admin gave this claim the name regardless of DNS; the audit log has who.
+    override_reason = models.CharField(max_length=300, blank=True)
+    # When the member was emailed that another member holds the name (once per loss).
+    lost_notice_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
         constraints: ClassVar = [
-            models.UniqueConstraint(fields=["name"], name="sending_domain_unique"),
+            models.UniqueConstraint(fields=["member", "name"], name="sending_domain_claim_unique"),
+            # A claim holds nothing until it is proven; then it holds the name alone.
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=Q(verified_at__isnull=False),
+                name="sending_domain_verified_unique",
+            ),
         ]
 
     def __str__(self) -> str:

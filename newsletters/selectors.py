@@ -41,6 +41,18 @@ def domain_of(member: User, pk: int) -> SendingDomain:
     return get_object_or_404(SendingDomain, pk=pk, member=member)
 
 
+def domain_claims(query: str) -> QuerySet[SendingDomain]:
+    """For the admins: every member's claims of the names containing `query`, verified first."""
+    found = SendingDomain.objects.select_related("member")
+    if query:
+        found = found.filter(name__contains=query)
+    return found.order_by("name", "verified_at", "created_at")[:200]
+
+
+def domain_claim(pk: int) -> SendingDomain:
+    return get_object_or_404(SendingDomain.objects.select_related("member"), pk=pk)
+
+
 def verified_domains_of(member: User) -> QuerySet[SendingDomain]:
     return domains_of(member).filter(verified_at__isnull=False)
 

@@ -39,6 +39,18 @@ def maintenance() -> dict[str, int]:
     return services.maintenance()
 
 
+@shared_task(
+    bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=8, default_retry_delay=60
+)
+def send_domain_lost(self: Any, domain_id: int) -> bool:
+    try:
+        return services.send_domain_lost_notice(domain_id=domain_id)
+    except OSError as exc:
+        if self.request.is_eager:
+            raise
+        raise self.retry(exc=exc, countdown=60 * 2**self.request.retries) from None
+
+
 @shared_task(acks_late=True)
 def purge_retention() -> dict[str, int]:
     return services.retention_purge()

@@ -34,4 +34,10 @@ urlpatterns = [
     path("confirm/<str:token>/", views.confirm, name="confirm"),
     path("u/<str:token>/", views.unsubscribe, name="unsubscribe"),
     path("staff/outbox/", views.outbox, name="staff_outbox"),
+    path("staff/domains/", views.staff_domains, name="staff_domains"),
+    path(
+        "staff/domains/<int:pk>/override/",
+        views.staff_domain_override,
+        name="staff_domain_override",
+    ),
 ]

@@ -21,6 +21,7 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
@@ -33,6 +34,7 @@ from newsletters.forms import (
     DomainForm,
     ImportForm,
     ListForm,
+    OverrideForm,
     ScheduleForm,
     SignupForm,
     TestSendForm,
@@ -118,11 +120,17 @@ def domain_add(request: HttpRequest) -> HttpResponse:
 @member_required
 @require_GET
 def domain(request: HttpRequest, pk: int) -> HttpResponse:
-    found = selectors.domain_of(_user(request), pk)
+    user = _user(request)
+    found = selectors.domain_of(user, pk)
     return render(
         request,
         "newsletters/domain.html",
-        {"domain": found, "records": selectors.dns_records(found), "result": found.check_result},
+        {
+            "domain": found,
+            "records": selectors.dns_records(found),
+            "result": found.check_result,
+            "held": not found.verified and services.holder_of(found.name, besides=user),
+        },
     )
 
 
@@ -138,6 +146,15 @@ def domain_check(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         if checked.verified:
             messages.success(request, _("%(name)s is verified.") % {"name": checked.name})
+        elif checked.check_result.get("held_by_another_member"):
+            messages.warning(
+                request,
+                _(
+                    "Your record for %(name)s is found, but another member verified the domain "
+                    "first. If it is yours, write to the co-op's admins."
+                )
+                % {"name": checked.name},
+            )
         else:
             messages.warning(
                 request,
@@ -569,3 +586,44 @@ def archive_item(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
 @require_GET
 def outbox(request: HttpRequest) -> HttpResponse:
     return render(request, "newsletters/staff_outbox.html", {"outbox": selectors.outbox()})
+
+
+@permission_required("newsletters.change_sendingdomain")
+@require_GET
+def staff_domains(request: HttpRequest) -> HttpResponse:
+    return _staff_domains_page(request, OverrideForm(), status=200)
+
+
+def _staff_domains_page(
+    request: HttpRequest, form: OverrideForm, *, status: int, failed: int | None = None
+) -> HttpResponse:
+    query = request.GET.get("q", "").strip().lower()[:253]
+    return render(
+        request,
+        "newsletters/staff_domains.html",
+        {"claims": selectors.domain_claims(query), "q": query, "form": form, "failed": failed},
+        status=status,
+    )
+
+
+@permission_required("newsletters.change_sendingdomain")
+@require_POST
+def staff_domain_override(request: HttpRequest, pk: int) -> HttpResponse:
+    """An admin gives a contested name to one member's claim, saying why (audited)."""
+    found = selectors.domain_claim(pk)
+    form = OverrideForm(request.POST)
+    if form.is_valid():
+        try:
+            services.domain_override(
+                domain=found, actor=_user(request), reason=form.cleaned_data["reason"]
+            )
+        except services.NewsletterError as exc:
+            form.add_error("reason", str(exc))
+        else:
+            messages.success(
+                request,
+                _("%(name)s is now held by %(member)s.")
+                % {"name": found.name, "member": found.member.email},
+            )
+            return redirect(f"{reverse('newsletters:staff_domains')}?q={found.name}")
+    return _staff_domains_page(request, form, status=422, failed=found.pk)

@@ -17,7 +17,14 @@ from newsletters.services.campaigns import (
     campaign_update,
 )
 from newsletters.services.common import NewsletterError
-from newsletters.services.domains import domain_add, domain_check, domain_remove
+from newsletters.services.domains import (
+    domain_add,
+    domain_check,
+    domain_override,
+    domain_remove,
+    holder_of,
+    send_domain_lost_notice,
+)
 from newsletters.services.imports import IMPORT_MAX_BYTES, import_run, import_start
 from newsletters.services.lists import (
     LIST_FIELDS,
@@ -61,7 +68,9 @@ __all__ = [
     "complaint_record",
     "domain_add",
     "domain_check",
+    "domain_override",
     "domain_remove",
+    "holder_of",
     "import_run",
     "import_start",
     "list_create",
@@ -72,6 +81,7 @@ __all__ = [
     "return_expired_leases",
     "revive_senders",
     "send_confirmation",
+    "send_domain_lost_notice",
     "send_import_confirmations",
     "send_test",
     "start_due_campaigns",

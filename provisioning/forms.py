@@ -10,7 +10,10 @@ class SiteForm(forms.Form):
     domain = forms.CharField(
         label=_("Domain"),
         max_length=253,
-        help_text=_("For example myproject.org. Point its DNS at the co-op's server."),
+        help_text=_(
+            "For example myproject.org. It is served once its DNS points at the co-op's "
+            "server or carries the token the next page shows."
+        ),
     )
     kind = forms.ChoiceField(label=_("Kind"), choices=SiteKind.choices, initial=SiteKind.STATIC)
 
@@ -32,3 +35,9 @@ class DatabaseForm(forms.Form):
     engine = forms.ChoiceField(
         label=_("Database"), choices=[("mariadb", "MariaDB"), ("postgresql", "PostgreSQL")]
     )
+
+
+class ConfirmNameForm(forms.Form):
+    """An admin holds a name for a site without DNS proof; the reason goes to the audit log."""
+
+    reason = forms.CharField(label=_("Why, without proof"), max_length=500)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from typing import ClassVar
 
@@ -48,7 +49,9 @@ class Node(models.Model):
     monthly_cost = models.DecimalField(max_digits=24, decimal_places=6, default=0)
     cost_source = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=16, choices=NodeStatus.choices, default=NodeStatus.NEW)
+    # Where members point their names (A and AAAA records); a name proves itself by that.
     public_ipv4 = models.GenericIPAddressField(protocol="IPv4", null=True, blank=True)
+    public_ipv6 = models.GenericIPAddressField(protocol="IPv6", null=True, blank=True)
     facts = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -57,6 +60,43 @@ class Node(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ProofMethod(models.TextChoices):
+    DNS = "dns", _("its DNS points at the co-op")
+    TXT = "txt", _("a TXT record with its token")
+    RESERVED = "reserved", _("a reserved name, which no one can own")
+    OWNER = "owner", _("a name under a domain the member proved")
+    ADMIN = "admin", _("confirmed by an admin")
+    EXISTING = "existing", _("held before proofs were asked for")
+
+
+def new_proof_token() -> str:
+    return f"commune-panel-{secrets.token_hex(16)}"
+
+
+class ClaimedName(models.Model):
+    """A domain a member claims for a site: served only once proved to be theirs.
+
+    Proof is DNS that points at the site's node (A/AAAA to its address, a CNAME to the
+    co-op's domain) or a TXT record ``_commune-panel.NAME`` that carries ``proof_token``.
+    Until then nothing of it reaches a node, and it keeps no one else from the name.
+    """
+
+    claimed_at = models.DateTimeField(default=timezone.now)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verified_how = models.CharField(max_length=16, choices=ProofMethod.choices, blank=True)
+    proof_token = models.CharField(max_length=64, default=new_proof_token)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    # What the last check found, for the member ("A: 192.0.2.1; TXT: none").
+    check_note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def verified(self) -> bool:
+        return self.verified_at is not None
 
 
 class SiteState(models.TextChoices):
@@ -72,7 +112,7 @@ class SiteKind(models.TextChoices):
     PHP = "php", _("PHP")
 
 
-class Site(models.Model):
+class Site(ClaimedName):
     member = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sites"
     )
@@ -98,9 +138,12 @@ class Site(models.Model):
     class Meta:
         ordering = ["domain"]
         constraints: ClassVar = [
-            # A domain belongs to one live site, whoever's; purged sites free their names.
+            # A proved domain belongs to one live site, whoever's; purged sites free their
+            # names. Unproved claims may be many: a claim alone must not lock out the owner.
             models.UniqueConstraint(
-                fields=["domain"], condition=~Q(state="purged"), name="site_domain_unique"
+                fields=["domain"],
+                condition=~Q(state="purged") & Q(verified_at__isnull=False),
+                name="site_domain_held_unique",
             )
         ]
 
@@ -112,14 +155,18 @@ class Site(models.Model):
         return f"s{self.pk}"
 
 
-class SiteAlias(models.Model):
+class SiteAlias(ClaimedName):
     site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="aliases")
     domain = models.CharField(max_length=253)
 
     class Meta:
         ordering = ["domain"]
         constraints: ClassVar = [
-            models.UniqueConstraint(fields=["domain"], name="alias_domain_unique")
+            models.UniqueConstraint(
+                fields=["domain"],
+                condition=Q(verified_at__isnull=False),
+                name="alias_domain_held_unique",
+            )
         ]
 
     def __str__(self) -> str:

@@ -5,13 +5,24 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from panel.models import UsageEvent, User
-from provisioning.models import Enrollment, Job, JobState, Node, Site, SiteState, SshKey
+from provisioning.dnsproof import TXT_PREFIX
+from provisioning.models import (
+    Enrollment,
+    Job,
+    JobState,
+    Node,
+    Site,
+    SiteAlias,
+    SiteState,
+    SshKey,
+)
 
 
 def sites_of(member: User) -> QuerySet[Site]:
@@ -78,3 +89,22 @@ def node(pk: int) -> Node:
 
 def latest_enrollment(node: Node) -> Enrollment | None:
     return node.enrollments.order_by("-created_at", "-id").first()
+
+
+def unproved_names(site: Site) -> list[dict[str, object]]:
+    """The site's names that wait for proof, each with the records that would prove it."""
+    claims: list[Site | SiteAlias] = [site, *site.aliases.all()]
+    return [
+        {
+            "claim": claim,
+            "alias": claim if isinstance(claim, SiteAlias) else None,
+            "domain": claim.domain,
+            "txt_name": f"{TXT_PREFIX}.{claim.domain}",
+            "token": claim.proof_token,
+            "ipv4": site.node.public_ipv4,
+            "ipv6": site.node.public_ipv6,
+            "cname": settings.HOSTING_CNAME_TARGET,
+        }
+        for claim in claims
+        if not claim.verified
+    ]

@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import mail_admins
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -29,7 +29,7 @@ from panel.models import Membership, MembershipStatus, User
 from panel.services import record_usage
 from panel.services.ledger import LedgerError, cost_rate_at
 from panel.tasking import enqueue_on_commit
-from provisioning import ansible, ssh
+from provisioning import ansible, dnsproof, ssh
 from provisioning.models import (
     Certificate,
     Enrollment,
@@ -39,6 +39,7 @@ from provisioning.models import (
     Node,
     NodeKind,
     NodeStatus,
+    ProofMethod,
     Site,
     SiteAlias,
     SiteDatabase,
@@ -49,7 +50,16 @@ from provisioning.models import (
 from provisioning.validation import clean_domain, clean_public_key
 
 log = logging.getLogger(__name__)
-SITE_FIELDS = ("domain", "kind", "state", "node", "tls", "generation", "suspended_by_admin")
+SITE_FIELDS = (
+    "domain",
+    "kind",
+    "state",
+    "node",
+    "tls",
+    "generation",
+    "suspended_by_admin",
+    "verified_how",
+)
 LIVE = ~Q(state=SiteState.PURGED)
 
 
@@ -292,13 +302,211 @@ def _require_member(member: User) -> None:
         raise HostingError(_("Only members in good standing may order services."))
 
 
-def _domain_free(name: str, *, except_site: Site | None = None) -> None:
-    taken = Site.objects.filter(LIVE, domain=name)
-    aliases = SiteAlias.objects.filter(domain=name).exclude(site__state=SiteState.PURGED)
-    if except_site is not None:
-        taken = taken.exclude(pk=except_site.pk)
-    if taken.exists() or aliases.exists():
-        raise HostingError(_("%(name)s is already used by another site.") % {"name": name})
+# Domain claims -------------------------------------------------------------------------------
+#
+# A name is *held* by a member once proved (or needing no proof); only held names reach a
+# node, and only held names keep others out: a claim alone must not lock out the owner. A
+# member cannot claim a name another member holds, nor a name under it, nor a name above it
+# (bob's www.alice.localhost under alice's alice.localhost).
+
+# One lock for every change of who holds what: the parent/child rule spans rows that no
+# unique index covers. SQLite (the demo) serialises writers anyway.
+CLAIMS_LOCK = 0x636C61696D  # "claim"
+
+
+def _lock_claims() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CLAIMS_LOCK])
+
+
+def _parents(name: str) -> list[str]:
+    """The domains above ``name`` (www.a.example.org: a.example.org, example.org)."""
+    labels = name.split(".")
+    return [".".join(labels[i:]) for i in range(1, len(labels) - 1)]
+
+
+def _held(*, exclude_member: User | None = None, member: User | None = None) -> list[Any]:
+    """Querysets of held names (sites' and aliases'), of one member or of everyone else."""
+    sites = Site.objects.filter(LIVE, verified_at__isnull=False)
+    aliases = SiteAlias.objects.filter(verified_at__isnull=False).exclude(
+        site__state=SiteState.PURGED
+    )
+    if exclude_member is not None:
+        sites = sites.exclude(member=exclude_member)
+        aliases = aliases.exclude(site__member=exclude_member)
+    if member is not None:
+        sites = sites.filter(member=member)
+        aliases = aliases.filter(site__member=member)
+    return [sites, aliases]
+
+
+def _conflict(name: str, member: User) -> str | None:
+    """Why ``member`` may not hold ``name`` because of another member's names, or None."""
+    for held in _held(exclude_member=member):
+        if held.filter(domain=name).exists():
+            return _("%(name)s is already used by another site.") % {"name": name}
+        above = held.filter(domain__in=_parents(name)).values_list("domain", flat=True).first()
+        if above:
+            return _("%(name)s is under %(held)s, which another member holds.") % {
+                "name": name,
+                "held": above,
+            }
+        below = held.filter(domain__endswith=f".{name}").values_list("domain", flat=True).first()
+        if below:
+            return _("%(name)s has %(held)s under it, which another member holds.") % {
+                "name": name,
+                "held": below,
+            }
+    return None
+
+
+def _claim_allowed(name: str, member: User) -> None:
+    mine = Site.objects.filter(LIVE, member=member, domain=name).exists() or (
+        SiteAlias.objects.filter(site__member=member, domain=name)
+        .exclude(site__state=SiteState.PURGED)
+        .exists()
+    )
+    if mine:
+        raise HostingError(_("%(name)s is one of your sites' names already.") % {"name": name})
+    reason = _conflict(name, member)
+    if reason:
+        raise HostingError(reason)
+
+
+def _proof_needed(name: str, member: User) -> str:
+    """The proof a name has without DNS ("" if it needs one): reserved names (no one can
+    own them), and names under a domain the member holds already."""
+    for suffix in settings.HOSTING_NAMES_WITHOUT_PROOF:
+        suffix = suffix.lower().strip(".")
+        if name == suffix or name.endswith(f".{suffix}"):
+            return ProofMethod.RESERVED
+    if any(held.filter(domain__in=_parents(name)).exists() for held in _held(member=member)):
+        return ProofMethod.OWNER
+    return ""
+
+
+def _prove(claim: Site | SiteAlias, *, site: Site, how: str, actor: User | None, note: str) -> None:
+    """Mark one of the site's names as held (the claims lock is held), then serve it."""
+    reason = _conflict(claim.domain, site.member)
+    if reason:
+        raise HostingError(reason)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            type(claim).objects.filter(pk=claim.pk, verified_at__isnull=True).update(
+                verified_at=now, verified_how=how, checked_at=now, check_note=note[:500]
+            )
+    except IntegrityError:
+        raise HostingError(
+            _("%(name)s is already used by another site.") % {"name": claim.domain}
+        ) from None
+    audit_record(
+        actor=actor,
+        action="site.domain_verified",
+        obj=site,
+        owner=site.member,
+        after={"domain": claim.domain, "how": how},
+        note=note[:500],
+    )
+    site.refresh_from_db()
+    if site.verified:
+        _site_changed(site, actor=actor, action="site.names_changed", before=None)
+
+
+def _claims_of(site: Site) -> list[Site | SiteAlias]:
+    """The site's names, the site's own first and parents before their subdomains."""
+    aliases = sorted(site.aliases.all(), key=lambda a: (a.domain.count("."), a.domain))
+    return [site, *aliases]
+
+
+def domain_check(*, site: Site, actor: User | None) -> list[tuple[str, bool, str]]:
+    """Look up the site's unproved names now ("check now", and the beat job with no actor).
+
+    Proved ones are served at once (and a site proved by pointing at us gets a certificate
+    once it is up). The DNS is asked outside any transaction: a slow server must not hold
+    locks. Returns (name, proved, what DNS said) per name that was checked.
+    """
+    if (
+        actor is not None
+        and site.member_id != actor.pk
+        and not actor.has_perm("provisioning.change_site")
+    ):
+        raise HostingError(_("This is not your site."))
+    site = Site.objects.select_related("node", "member").get(pk=site.pk)
+    if site.state not in (SiteState.PENDING, SiteState.ACTIVE, SiteState.SUSPENDED):
+        raise HostingError(_("Only live sites' names are checked."))
+    addresses = {str(a) for a in (site.node.public_ipv4, site.node.public_ipv6) if a}
+    results = []
+    for claim in _claims_of(site):
+        if claim.verified:
+            continue
+        name = claim.domain
+        how = _proof_needed(name, site.member)
+        note = ""
+        if not how:
+            finding = dnsproof.look_up(
+                name,
+                token=claim.proof_token,
+                addresses=addresses,
+                cname_target=settings.HOSTING_CNAME_TARGET,
+            )
+            how, note = finding.proof, finding.note
+        with transaction.atomic():
+            _lock_claims()
+            type(claim).objects.filter(pk=claim.pk).update(
+                checked_at=timezone.now(), check_note=note[:500]
+            )
+            if how:
+                try:
+                    _prove(claim, site=site, how=how, actor=actor, note=note)
+                except HostingError as exc:
+                    how, note = "", str(exc)
+                    type(claim).objects.filter(pk=claim.pk).update(check_note=note[:500])
+        results.append((name, bool(how), note))
+    return results
+
+
+def domains_check_pending(*, now: Any = None) -> int:
+    """Beat: check the unproved names of live sites claimed in the last days; how many were
+    proved. Older claims are checked when their member asks (the button)."""
+    since = (now or timezone.now()) - timedelta(days=settings.HOSTING_PROOF_RECHECK_DAYS)
+    live = [SiteState.PENDING, SiteState.ACTIVE, SiteState.SUSPENDED]
+    site_ids = set(
+        Site.objects.filter(
+            state__in=live, verified_at__isnull=True, claimed_at__gte=since
+        ).values_list("pk", flat=True)
+    ) | set(
+        SiteAlias.objects.filter(
+            site__state__in=live, verified_at__isnull=True, claimed_at__gte=since
+        ).values_list("site_id", flat=True)
+    )
+    proved = 0
+    for site_id in sorted(site_ids):
+        try:
+            results = domain_check(site=Site.objects.get(pk=site_id), actor=None)
+        except HostingError:
+            continue
+        proved += sum(1 for _name, ok, _note in results if ok)
+    return proved
+
+
+@transaction.atomic
+def domain_confirm(*, site: Site, alias: SiteAlias | None, actor: User, reason: str) -> None:
+    """An admin holds a name for its site without DNS proof (a dispute settled by hand)."""
+    if not actor.has_perm("provisioning.change_site"):
+        raise HostingError(_("Only admins can confirm a name without proof."))
+    reason = reason.strip()
+    if not reason:
+        raise HostingError(_("Say why the name is confirmed without proof."))
+    _lock_claims()
+    site = Site.objects.select_for_update().select_related("node", "member").get(pk=site.pk)
+    claim: Site | SiteAlias = (
+        site if alias is None else SiteAlias.objects.get(pk=alias.pk, site=site)
+    )
+    if claim.verified:
+        raise HostingError(_("This name is proved already."))
+    _prove(claim, site=site, how=ProofMethod.ADMIN, actor=actor, note=reason)
 
 
 def site_spec(site: Site, *, state: str | None = None) -> dict[str, Any]:
@@ -307,9 +515,11 @@ def site_spec(site: Site, *, state: str | None = None) -> dict[str, Any]:
         SshKey.objects.filter(member_id=site.member_id).values_list("public_key", flat=True)
     )
     wanted = state or ("suspended" if site.state == SiteState.SUSPENDED else "active")
+    held = site.aliases.filter(verified_at__isnull=False).values_list("domain", flat=True)
     return {
         "user": site.system_user,
-        "domains": [site.domain, *site.aliases.values_list("domain", flat=True)],
+        # Only held names: an unproved one never reaches a node.
+        "domains": [site.domain, *held],
         "kind": site.kind,
         "quota_mb": site.quota_mb,
         "state": wanted,
@@ -326,7 +536,12 @@ def _site_changed(
     before: dict[str, Any] | None,
     verb: str = "site.ensure",
     spec: dict[str, Any] | None = None,
-) -> Job:
+) -> Job | None:
+    """Record a change of the site and enqueue the job that applies it.
+
+    A site whose own name is not proved yet has nothing on a node and gets no job: its first
+    site.ensure comes when the name is proved.
+    """
     Site.objects.filter(pk=site.pk).update(generation=F("generation") + 1)
     site.refresh_from_db()
     audit_record(
@@ -337,6 +552,8 @@ def _site_changed(
         before=before,
         after=snapshot(site, SITE_FIELDS),
     )
+    if verb in ("site.ensure", "site.suspend", "site.resume") and not site.verified:
+        return None
     return _enqueue(node=site.node, site=site, verb=verb, spec=spec or site_spec(site), actor=actor)
 
 
@@ -349,11 +566,20 @@ def site_create(*, member: User, domain: str, kind: str = SiteKind.STATIC) -> Si
         name = clean_domain(domain)
     except ValidationError as exc:
         raise HostingError(" ".join(exc.messages)) from None
-    _domain_free(name)
+    _lock_claims()
+    _claim_allowed(name, member)
+    proof = _proof_needed(name, member)
     node = pick_node()
     try:
         with transaction.atomic():
-            site = Site.objects.create(member=member, node=node, domain=name, kind=kind)
+            site = Site.objects.create(
+                member=member,
+                node=node,
+                domain=name,
+                kind=kind,
+                verified_at=timezone.now() if proof else None,
+                verified_how=proof,
+            )
     except IntegrityError:
         raise HostingError(
             _("%(name)s is already used by another site.") % {"name": name}
@@ -378,16 +604,33 @@ def site_alias_add(*, site: Site, domain: str, actor: User) -> SiteAlias:
         name = clean_domain(domain)
     except ValidationError as exc:
         raise HostingError(" ".join(exc.messages)) from None
-    _domain_free(name)
+    _lock_claims()
+    _claim_allowed(name, site.member)
+    proof = _proof_needed(name, site.member)
     before = snapshot(site, SITE_FIELDS)
     try:
         with transaction.atomic():
-            alias = SiteAlias.objects.create(site=site, domain=name)
+            alias = SiteAlias.objects.create(
+                site=site,
+                domain=name,
+                verified_at=timezone.now() if proof else None,
+                verified_how=proof,
+            )
     except IntegrityError:
         raise HostingError(
             _("%(name)s is already used by another site.") % {"name": name}
         ) from None
-    _site_changed(site, actor=actor, action="site.alias_added", before=before)
+    if proof:
+        _site_changed(site, actor=actor, action="site.alias_added", before=before)
+    else:
+        # Nothing changes on the node until the name is proved.
+        audit_record(
+            actor=actor,
+            action="site.alias_added",
+            obj=site,
+            owner=site.member,
+            after={"alias": name, "proved": False},
+        )
     return alias
 
 
@@ -409,7 +652,7 @@ def _set_state(
     action: str,
     verb: str = "site.ensure",
     **extra: Any,
-) -> Job:
+) -> Job | None:
     before = snapshot(site, SITE_FIELDS)
     moved = Site.objects.filter(pk=site.pk, state__in=allowed).update(state=to, **extra)
     if not moved:
@@ -423,8 +666,10 @@ def _set_state(
 
 
 @transaction.atomic
-def site_suspend(*, site: Site, actor: User) -> Job:
+def site_suspend(*, site: Site, actor: User) -> Job | None:
     site = _owned(site, actor)
+    if not site.verified:
+        raise HostingError(_("This site waits for proof of its name: nothing is served yet."))
     by_admin = actor.pk != site.member_id
     return _set_state(
         site,
@@ -437,7 +682,7 @@ def site_suspend(*, site: Site, actor: User) -> Job:
 
 
 @transaction.atomic
-def site_resume(*, site: Site, actor: User) -> Job:
+def site_resume(*, site: Site, actor: User) -> Job | None:
     site = _owned(site, actor)
     if site.suspended_by_admin and not actor.has_perm("provisioning.change_site"):
         raise HostingError(_("An admin suspended this site; ask them to resume it."))
@@ -452,7 +697,7 @@ def site_resume(*, site: Site, actor: User) -> Job:
 
 
 @transaction.atomic
-def site_delete(*, site: Site, actor: User) -> Job:
+def site_delete(*, site: Site, actor: User) -> Job | None:
     """Suspend and back up now; the files go only after the grace period (undo until then)."""
     site = _owned(site, actor)
     now = timezone.now()
@@ -469,11 +714,13 @@ def site_delete(*, site: Site, actor: User) -> Job:
 
 
 @transaction.atomic
-def site_undelete(*, site: Site, actor: User) -> Job:
+def site_undelete(*, site: Site, actor: User) -> Job | None:
     site = _owned(site, actor)
     if site.purge_after and site.purge_after <= timezone.now():
         raise HostingError(_("The grace period is over; the site cannot be brought back."))
     to = SiteState.SUSPENDED if site.suspended_by_admin else SiteState.ACTIVE
+    if not site.verified:
+        to = SiteState.PENDING  # back to waiting for its proof
     return _set_state(
         site,
         actor=actor,
@@ -516,6 +763,12 @@ def cert_request(*, site: Site, actor: User) -> Job:
     site = _owned(site, actor)
     if site.state != SiteState.ACTIVE:
         raise HostingError(_("Certificates are for active sites."))
+    return _cert_job(site, actor=actor)
+
+
+def _cert_job(site: Site, *, actor: User | None) -> Job:
+    """The cert.ensure job for the site's held names (only those are served, and only
+    those the ACME server may see asked for)."""
     spec = {
         "user": site.system_user,
         "domains": site_spec(site)["domains"],
@@ -772,9 +1025,14 @@ def _succeeded(job: Job, result: dict[str, Any]) -> Job:
                 applied_generation=job.generation
             )
             if job.verb in ("site.ensure", "site.suspend", "site.resume"):
-                Site.objects.filter(pk=site.pk, state=SiteState.PENDING).update(
+                went_live = Site.objects.filter(pk=site.pk, state=SiteState.PENDING).update(
                     state=SiteState.ACTIVE
                 )
+                site.refresh_from_db()
+                # A name proved by pointing at the node can pass HTTP-01 now: a certificate
+                # follows at once. (A TXT proof says nothing about where the name points.)
+                if went_live and site.verified_how == ProofMethod.DNS and not site.tls:
+                    _cert_job(site, actor=None)
             elif job.verb == "site.remove":
                 Site.objects.filter(pk=site.pk).update(
                     backup_path=str(result.get("backup", ""))[:500]

@@ -50,3 +50,9 @@ def collect_usage() -> int:
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def enroll_node(enrollment_id: int) -> str:
     return str(services.enrollment_run(enrollment_id=enrollment_id).state)
+
+
+@shared_task
+def check_domain_proofs() -> int:
+    """Beat: look up the names that wait for proof (claimed in the last days)."""
+    return services.domains_check_pending()

@@ -51,6 +51,7 @@ def _site_context(request: HttpRequest, site: Any, **extra: Any) -> dict[str, An
         "database_form": DatabaseForm(),
         "databases": site.databases.all(),
         "usage": selectors.site_usage_by_day(site),
+        "unproved": selectors.unproved_names(site),
         "currency": settings.CURRENCY,
         **extra,
     }
@@ -70,12 +71,14 @@ def site_jobs(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "provisioning/_jobs.html", _site_context(request, found))
 
 
-ACTIONS = {
+ACTIONS: dict[str, Any] = {
     "suspend": services.site_suspend,
     "resume": services.site_resume,
     "delete": services.site_delete,
     "undelete": services.site_undelete,
     "tls": services.cert_request,
+    # "Check now": look up the site's unproved names at once.
+    "check": services.domain_check,
 }
 
 
@@ -87,10 +90,23 @@ def site_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     if action not in ACTIONS:
         return redirect("provisioning:site", pk=found.pk)
     try:
-        ACTIONS[action](site=found, actor=user)
+        outcome = ACTIONS[action](site=found, actor=user)
     except services.HostingError as exc:
         messages.error(request, str(exc))
+    else:
+        if action == "check":
+            _tell_checks(request, outcome)
     return redirect("provisioning:site", pk=found.pk)
+
+
+def _tell_checks(request: HttpRequest, results: list[tuple[str, bool, str]]) -> None:
+    for name, proved, _note in results:
+        if proved:
+            text = _("%(name)s is proved; it is being set up.")
+            messages.success(request, text % {"name": name})
+        else:
+            text = _("%(name)s is not proved yet; see what DNS answered.")
+            messages.warning(request, text % {"name": name})
 
 
 @member_required

@@ -7,6 +7,7 @@ from django import forms
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from panel.forms import single_line
 from panel.models import DeficitChoice, Service, Supplier, User
 from panel.selectors.ledger import members_for_choice, open_periods
 
@@ -19,7 +20,7 @@ class PaymentForm(forms.Form):
     received_on = forms.DateField(
         label=_("Received on"), widget=forms.DateInput(attrs={"type": "date"})
     )
-    reference = forms.CharField(label=_("Reference"), max_length=200)
+    reference = forms.CharField(label=_("Reference"), max_length=200, validators=[single_line])
     # One key per rendered form: a double submit books the payment once.
     nonce = forms.RegexField(regex=r"^[A-Za-z0-9_-]{16,64}$", widget=forms.HiddenInput)
 
@@ -45,14 +46,16 @@ class InvoiceForm(forms.Form):
     )
     service = forms.ChoiceField(label=_("Service"), choices=Service.choices)
     period = forms.ModelChoiceField(label=_("Period"), queryset=open_periods())
-    reference = forms.CharField(label=_("Invoice number"), max_length=100)
+    reference = forms.CharField(label=_("Invoice number"), max_length=100, validators=[single_line])
     invoice_date = forms.DateField(
         label=_("Invoice date"), widget=forms.DateInput(attrs={"type": "date"})
     )
     amount = forms.DecimalField(
         label=_("Amount"), min_value=Decimal("0.01"), decimal_places=6, max_digits=18
     )
-    description = forms.CharField(label=_("Description"), max_length=300, required=False)
+    description = forms.CharField(
+        label=_("Description"), max_length=300, required=False, validators=[single_line]
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

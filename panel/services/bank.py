@@ -154,6 +154,9 @@ def bank_import_create(*, actor: User, filename: str, content: bytes) -> BankImp
             text = content.decode("cp1252")
         except UnicodeDecodeError:
             raise BankCsvError(["the file is neither UTF-8 nor Windows-1252 text"]) from None
+    if "\x00" in text:
+        # Decodes, but no text file holds NUL (and PostgreSQL's text cannot).
+        raise BankCsvError(["the file holds NUL characters: it is not a text file"])
     upload = BankImport.objects.create(
         uploaded_by=actor, filename=filename[:200], content=text, rows_total=text.count("\n")
     )

@@ -54,16 +54,27 @@ def payments(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, _("Payment booked."))
             return redirect("staff_payments")
+    return _payments_page(request, form=form)
+
+
+def _payments_page(
+    request: HttpRequest,
+    *,
+    form: PaymentForm | None = None,
+    upload: BankImportForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
     return render(
         request,
         "panel/staff/billing/payments.html",
         {
-            "form": form,
-            "upload": BankImportForm(),
+            "form": form or PaymentForm(initial={"nonce": _nonce()}),
+            "upload": upload or BankImportForm(),
             "payments": selectors.recent_payments(),
             "imports": selectors.recent_imports(),
             "currency": settings.CURRENCY,
         },
+        status=status,
     )
 
 
@@ -77,19 +88,22 @@ def _nonce() -> str:
 @permission_required("panel.add_payment")
 @require_POST
 def bank_upload(request: HttpRequest) -> HttpResponse:
+    """A statement is read at once (size, encoding) and imported by a worker (its lines).
+
+    A refused file comes back on the payments page with the reason at the file field.
+    """
     form = BankImportForm(request.POST, request.FILES)
-    if not form.is_valid():
-        messages.error(request, _("Choose a CSV file to upload."))
-        return redirect("staff_payments")
-    upload = form.cleaned_data["statement"]
-    try:
-        created = bank.bank_import_create(
-            actor=_user(request), filename=upload.name, content=upload.read()
-        )
-    except bank.BankCsvError as exc:
-        messages.error(request, str(exc))
-        return redirect("staff_payments")
-    return redirect("staff_bank_import", pk=created.pk)
+    if form.is_valid():
+        upload = form.cleaned_data["statement"]
+        try:
+            created = bank.bank_import_create(
+                actor=_user(request), filename=upload.name, content=upload.read()
+            )
+        except bank.BankCsvError as exc:
+            form.add_error("statement", str(exc))
+        else:
+            return redirect("staff_bank_import", pk=created.pk)
+    return _payments_page(request, upload=form, status=422)
 
 
 @permission_required("panel.add_payment")

@@ -134,6 +134,12 @@ class Site(ClaimedName):
     # which disk space has been charged.
     transfer_seen = models.BigIntegerField(default=0)
     disk_metered_at = models.DateTimeField(null=True, blank=True)
+    # Disk use as the node last reported it (usage.report, hourly), against quota_mb; the
+    # member is emailed once each time it crosses HOSTING_QUOTA_WARN_PERCENT (warned_at set
+    # until it drops below again).
+    disk_bytes = models.BigIntegerField(default=0)
+    disk_measured_at = models.DateTimeField(null=True, blank=True)
+    quota_warned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["domain"]
@@ -153,6 +159,14 @@ class Site(ClaimedName):
     @property
     def system_user(self) -> str:
         return f"s{self.pk}"
+
+    @property
+    def quota_bytes(self) -> int:
+        return self.quota_mb * 1024 * 1024
+
+    @property
+    def quota_percent(self) -> int:
+        return int(self.disk_bytes * 100 // self.quota_bytes) if self.quota_mb else 0
 
 
 class SiteAlias(ClaimedName):

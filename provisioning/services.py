@@ -732,6 +732,28 @@ def site_undelete(*, site: Site, actor: User) -> Job | None:
     )
 
 
+@transaction.atomic
+def site_set_quota(*, site: Site, quota_mb: int, actor: User) -> Job | None:
+    """An admin gives a site more (or less) disk; the node enforces it with the next job."""
+    if not actor.has_perm("provisioning.change_site"):
+        raise HostingError(_("Only admins change a site's disk quota."))
+    if not 10 <= quota_mb <= 10_000_000:
+        raise HostingError(_("A quota is from 10 MB to 10 TB."))
+    site = _owned(site, actor)
+    before = {"quota_mb": site.quota_mb}
+    Site.objects.filter(pk=site.pk).update(quota_mb=quota_mb)
+    site.refresh_from_db()
+    audit_record(
+        actor=actor,
+        action="site.quota_changed",
+        obj=site,
+        owner=site.member,
+        before=before,
+        after={"quota_mb": quota_mb},
+    )
+    return _site_changed(site, actor=actor, action="site.quota_applied", before=None)
+
+
 def purge_due_sites(*, now: Any = None) -> int:
     """Enqueue the final removal of sites whose grace period ended (beat)."""
     now = now or timezone.now()
@@ -1118,6 +1140,10 @@ def record_node_usage(*, node: Node, report: dict[str, Any]) -> int:
     sites = {
         s.system_user: s for s in Site.objects.filter(node=node).exclude(state=SiteState.PURGED)
     }
+    # Usage against quota first: it matters whether or not the costs can be booked.
+    for user, figures in report.get("sites", {}).items():
+        if user in sites and isinstance(figures, dict):
+            _quota_watch(site=sites[user], disk_bytes=int(figures.get("disk_bytes", 0)), at=at)
     try:
         disk_rate = _rate(node, "disk", at.date())
         transfer_rate = _rate(node, "transfer", at.date())
@@ -1168,3 +1194,48 @@ def record_node_usage(*, node: Node, report: dict[str, Any]) -> int:
                 recorded += 1
                 Site.objects.filter(pk=site.pk).update(transfer_seen=total)
     return recorded
+
+
+@transaction.atomic
+def _quota_watch(*, site: Site, disk_bytes: int, at: Any) -> None:
+    """Record the site's disk use; email the member once each time it crosses the warning
+    share of its quota (guarded updates: a report processed twice mails once)."""
+    Site.objects.filter(pk=site.pk).update(disk_bytes=max(0, disk_bytes), disk_measured_at=at)
+    site.refresh_from_db()
+    over = site.quota_percent >= settings.HOSTING_QUOTA_WARN_PERCENT
+    if over and Site.objects.filter(pk=site.pk, quota_warned_at__isnull=True).update(
+        quota_warned_at=at
+    ):
+        audit_record(
+            actor=None,
+            action="site.quota_warned",
+            obj=site,
+            owner=site.member,
+            after={"disk_bytes": site.disk_bytes, "quota_mb": site.quota_mb},
+        )
+        transaction.on_commit(lambda: _send_quota_warning(site.pk))
+    elif not over and Site.objects.filter(pk=site.pk, quota_warned_at__isnull=False).update(
+        quota_warned_at=None
+    ):
+        audit_record(
+            actor=None,
+            action="site.quota_below_warning",
+            obj=site,
+            owner=site.member,
+            after={"disk_bytes": site.disk_bytes, "quota_mb": site.quota_mb},
+        )
+
+
+def _send_quota_warning(site_id: int) -> None:
+    from panel.mail import send_templated_mail
+
+    site = Site.objects.select_related("member").get(pk=site_id)
+    try:
+        send_templated_mail(
+            "provisioning/email/quota_warning",
+            to=site.member.email,
+            context={"user": site.member, "site": site},
+        )
+    except OSError:
+        # The warning is recorded (audit); a mail server that is down loses only the email.
+        log.warning("quota warning for %s not sent", site.domain, exc_info=True)

@@ -463,14 +463,87 @@ def chown(path: Path, user: str, config: dict[str, Any]) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+# Disk quotas ----------------------------------------------------------------------------------
+
+
+def mount_of(path: Path) -> tuple[str, str]:
+    """The type and mount point of the filesystem that holds ``path`` (/proc/self/mounts)."""
+    where = os.path.realpath(path)
+    found = ("", "/")
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return found
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside_point = where == point or where.startswith(point.rstrip("/") + "/")
+        if inside_point and len(point) >= len(found[1]):
+            found = (fields[2], point)
+    return found
+
+
+def is_subvolume(path: Path) -> bool:
+    """A btrfs subvolume's root directory is always inode 256."""
+    try:
+        return mount_of(path)[0] == "btrfs" and os.stat(path).st_ino == 256
+    except OSError:
+        return False
+
+
+def quota_mode(config: dict[str, Any]) -> str:
+    """How this node limits a site's disk: "btrfs" (quota groups), "setquota" (ext4/XFS user
+    quotas on ``quota_filesystem``) or "" (it cannot). The config key ``quota`` says, or
+    "auto" (the default) finds it out from the filesystem that holds the sites."""
+    wanted = config.get("quota", "auto")
+    if wanted in ("btrfs", "setquota"):
+        return str(wanted)
+    if wanted != "auto" or not config["privileged"]:
+        return ""
+    fstype = mount_of(config["sites_root"])[0]
+    if fstype == "btrfs" and shutil.which("btrfs"):
+        return "btrfs"
+    if fstype in ("ext4", "xfs") and config.get("quota_filesystem") and shutil.which("setquota"):
+        return "setquota"
+    return ""
+
+
+def quota_ensure(config: dict[str, Any], user: str, home: Path, quota_mb: int) -> dict[str, Any]:
+    """Limit the site's disk to ``quota_mb``; what is enforced is reported, never assumed."""
+    mode = quota_mode(config)
+    limit = quota_mb * 1024 * 1024
+    if mode == "btrfs":
+        if not is_subvolume(home):
+            return {"enforced": False, "why": "the site's home is no subvolume (made before)"}
+        try:
+            run(["btrfs", "qgroup", "limit", str(limit), str(home)])
+        except Failed as exc:
+            # Quotas switched off on the filesystem: say so (the role switches them on).
+            return {"enforced": False, "why": str(exc)[-200:]}
+        return {"enforced": True, "how": "btrfs", "limit_bytes": limit}
+    if mode == "setquota":
+        blocks = str(limit // 1024)  # 1 KiB blocks, soft = hard: writes past it fail
+        run(["setquota", "-u", user, blocks, blocks, "0", "0", str(config["quota_filesystem"])])
+        return {"enforced": True, "how": "setquota", "limit_bytes": limit}
+    return {"enforced": False, "why": "this node's filesystem for sites has no quotas"}
+
+
 def site_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     user = spec["user"]
     paths = site_paths(config, user)
     changed = []
     if ensure_user(config, user, paths["home"]):
         changed.append("user")
-    # The SFTP chroot needs a root-owned home; the site's files live below it.
-    paths["home"].mkdir(parents=True, exist_ok=True)
+    # The SFTP chroot needs a root-owned home; the site's files live below it. On btrfs the
+    # home is a subvolume of its own: its quota group is what limits the site's disk.
+    if not paths["home"].exists():
+        if config["privileged"] and mount_of(config["sites_root"])[0] == "btrfs":
+            paths["home"].parent.mkdir(parents=True, exist_ok=True)
+            run(["btrfs", "subvolume", "create", str(paths["home"])])
+        else:
+            paths["home"].mkdir(parents=True)
     paths["home"].chmod(0o755)
     if config["privileged"]:
         os.chown(paths["home"], 0, 0)
@@ -502,10 +575,12 @@ def site_ensure(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         except Failed:
             paths["vhost"].unlink()  # never leave a configuration nginx refuses
             raise
+    quota = quota_ensure(config, user, paths["home"], spec["quota_mb"])
     expected = 503 if spec["state"] == "suspended" else None
     pair = site_certificate(spec, paths)
     return {
         "changed": changed,
+        "quota": quota,
         "served": {
             name: served(config, name, expected, cert=pair[0] if pair else None)
             for name in spec["domains"]
@@ -625,7 +700,10 @@ def site_purge(config: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         for name in gone:
             served(config, name, 404)
     if paths["home"].exists():
-        shutil.rmtree(paths["home"])
+        if is_subvolume(paths["home"]):
+            run(["btrfs", "subvolume", "delete", str(paths["home"])])
+        else:
+            shutil.rmtree(paths["home"])
     if config["privileged"]:
         try:
             pwd.getpwnam(user)
@@ -790,6 +868,7 @@ def node_facts(config: dict[str, Any]) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "disk_total": usage.total,
         "disk_free": usage.free,
+        "quota": quota_mode(config) or "none",
         "sites": sorted(p.name for p in config["sites_root"].glob("s*") if USER.fullmatch(p.name))
         if config["sites_root"].exists()
         else [],

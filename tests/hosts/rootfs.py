@@ -22,6 +22,8 @@ PACKAGES = sorted(
         # What the Ansible roles install, present already so that a test run does not wait for
         # downloads; the roles still declare every package (then apt finds nothing to do).
         "acl",
+        # Disk quotas: btrfs quota groups (tests/provisioning/test_quota.py, the role).
+        "btrfs-progs",
         "cron",
         "nginx",
         "python3-aiosmtpd",

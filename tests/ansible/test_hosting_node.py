@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.ansible, pytest.mark.django_db(transaction=True)]
 AGENT_LISTENS_ON_ONE_ADDRESS = "listen_address" in hosts.AGENT.read_text()
 # Each run of the playbook against the test host should take well under this.
 RUN_BUDGET_S = 120.0
+SITES_IMAGE = "/var/lib/sites-btrfs.img"  # inside the test host
 
 
 @dataclass
@@ -66,7 +67,15 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, deploy_key: DeployKey) ->
     """A bare host (the `bare_host` fixture's kind, kept for the module), deployed twice."""
     workdir = tmp_path_factory.mktemp("hosting-node")
     host = start_bare_host(workdir / "host", deploy_key.public)
+    loop = ""
     try:
+        # The sites on a btrfs of their own (a loop-mounted image), as on a node whose admin
+        # gave them one: the role must find it and switch quota groups on.
+        host.run(["mkdir", "-p", "/srv/sites"])
+        host.run(["truncate", "-s", "300M", SITES_IMAGE])
+        host.run(["mkfs.btrfs", "-q", SITES_IMAGE])
+        loop = host.run(["losetup", "--find", "--show", SITES_IMAGE]).strip()
+        host.run(["mount", "-t", "btrfs", loop, "/srv/sites"])
         extra_vars = role_vars(host)
 
         def deploy(name: str) -> PlaybookRun:
@@ -84,6 +93,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, deploy_key: DeployKey) ->
         second = deploy("second")
         yield Deployed(host, first, second)
     finally:
+        host.run(["sh", "-c", "umount /srv/sites || umount -l /srv/sites; true"])
+        if loop:
+            host.run(["losetup", "-d", loop], check=False)
         host.stop()
 
 
@@ -158,6 +170,9 @@ def test_a_bare_host_becomes_a_hosting_node_and_a_second_run_changes_nothing(
         "@@skip_networking",
         "1",
     ]
+    # The sites' btrfs has quota groups on, switched on by the first run only.
+    assert "TASK [hosting_node : Switch btrfs quotas on for the sites]" in first.output
+    assert host.run(["btrfs", "qgroup", "show", "/srv/sites"]).startswith("Qgroupid")
     config = json.loads(host.run(["cat", "/etc/panel-agent/config.json"]))
     assert config["http_port"] == host.http_port
     assert config["https_port"] == host.https_port
@@ -172,6 +187,12 @@ def test_the_panel_runs_a_sites_life_on_the_node(
     assert site.node == hosting_node
     jobs = run_jobs(site)
     assert [j.state for j in jobs] == [JobState.OK], [j.error for j in jobs]
+    # The site is a subvolume with its quota as the limit.
+    assert jobs[0].result["quota"] == {
+        "enforced": True,
+        "how": "btrfs",
+        "limit_bytes": site.quota_mb * 1024 * 1024,
+    }
     status, body = host.http("role.example.org")
     assert status == 200
     assert "role.example.org" in body  # the agent's placeholder page

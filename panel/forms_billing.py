@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from django import forms
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.translation import gettext_lazy as _
 
 from panel.forms import single_line
 from panel.models import DeficitChoice, Service, Supplier, User
 from panel.selectors.ledger import members_for_choice, open_periods
+from panel.services.ledger import booking_days
 
 
 class PaymentForm(forms.Form):
@@ -28,6 +30,16 @@ class PaymentForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["member"].queryset = members_for_choice()  # type: ignore[attr-defined]
         self.fields["received_on"].initial = timezone.localdate()
+
+    def clean_received_on(self) -> date:
+        day: date = self.cleaned_data["received_on"]
+        first, last = booking_days()
+        if not first <= day <= last:
+            raise forms.ValidationError(
+                _("Enter a date between %(first)s and %(last)s.")
+                % {"first": formats.date_format(first), "last": formats.date_format(last)}
+            )
+        return day
 
 
 class BankImportForm(forms.Form):

@@ -20,10 +20,12 @@ from django.utils import timezone
 
 from panel.audit import audit_record
 from panel.models import BankImport, ImportState, MemberBalance, User
-from panel.services.ledger import LedgerError, payment_record
+from panel.services.ledger import LedgerError, booking_days, payment_record
 from panel.tasking import enqueue_on_commit
 
 MAX_BYTES = 5 * 1024 * 1024
+# As the payment form: ten digits before the point is more than any member pays at once.
+MAX_AMOUNT_DIGITS = 10
 REQUIRED = ("date", "amount", "reference")
 OPTIONAL = ("id", "counterparty")
 MEMBER_REFERENCE = re.compile(r"\bCP\d{6}\b", re.IGNORECASE)
@@ -89,6 +91,7 @@ def parse_bank_csv(content: str) -> list[BankRow]:
     if unknown:
         raise BankCsvError([f"line 1: unknown column(s) {', '.join(unknown)}"])
     decimal_comma = delimiter == ";"
+    first_day, last_day = booking_days()
     rows, errors = [], []
     for values in reader:
         line = reader.line_num
@@ -103,10 +106,19 @@ def parse_bank_csv(content: str) -> list[BankRow]:
             day = _day(row["date"])
         except ValueError:
             problems.append(f"date {row['date']!r} is not YYYY-MM-DD or DD.MM.YYYY")
+        else:
+            if not first_day <= day <= last_day:
+                problems.append(f"date {row['date']!r} is not between {first_day} and {last_day}")
         try:
             amount = _amount(row["amount"], decimal_comma)
         except InvalidOperation:
             problems.append(f"amount {row['amount']!r} is not a number with at most 2 decimals")
+        else:
+            if amount and amount.adjusted() >= MAX_AMOUNT_DIGITS:
+                problems.append(
+                    f"amount {row['amount']!r} has more than {MAX_AMOUNT_DIGITS} digits "
+                    "before the point"
+                )
         reference = row["reference"].strip()
         if not reference:
             problems.append("reference is empty")
@@ -196,42 +208,52 @@ def bank_import_run(*, import_id: int) -> BankImport:
     members = {u.pk: u for u in User.objects.filter(pk__in=references.values())}
     imported = duplicates = 0
     unmatched: list[dict[str, str]] = []
-    with transaction.atomic():
-        for row, key in zip(rows, _source_keys(rows), strict=True):
-            if row.amount <= 0:
-                unmatched.append(
-                    {"line": str(row.line), "reference": row.reference, "why": "outgoing"}
-                )
-                continue
-            found = MEMBER_REFERENCE.search(row.reference)
-            member_id = references.get(found.group(0).upper()) if found else None
-            if member_id is None:
-                unmatched.append(
-                    {
-                        "line": str(row.line),
-                        "reference": row.reference,
-                        "why": "no member reference",
-                    }
-                )
-                continue
-            _, created = payment_record(
-                actor=upload.uploaded_by,
-                member=members[member_id],
-                amount=row.amount,
-                received_on=row.day,
-                reference=row.reference,
-                source_key=key,
-                bank_import_id=upload.pk,
+    try:
+        with transaction.atomic():
+            for row, key in zip(rows, _source_keys(rows), strict=True):
+                if row.amount <= 0:
+                    unmatched.append(
+                        {"line": str(row.line), "reference": row.reference, "why": "outgoing"}
+                    )
+                    continue
+                found = MEMBER_REFERENCE.search(row.reference)
+                member_id = references.get(found.group(0).upper()) if found else None
+                if member_id is None:
+                    unmatched.append(
+                        {
+                            "line": str(row.line),
+                            "reference": row.reference,
+                            "why": "no member reference",
+                        }
+                    )
+                    continue
+                try:
+                    _, created = payment_record(
+                        actor=upload.uploaded_by,
+                        member=members[member_id],
+                        amount=row.amount,
+                        received_on=row.day,
+                        reference=row.reference,
+                        source_key=key,
+                        bank_import_id=upload.pk,
+                    )
+                except LedgerError as exc:
+                    # One row the ledger refuses (its id booked before with another amount)
+                    # fails the whole statement, like a bad line: nothing is booked.
+                    raise BankCsvError([f"line {row.line}: {exc}"]) from None
+                imported += created
+                duplicates += not created
+            BankImport.objects.filter(pk=import_id).update(
+                state=ImportState.DONE,
+                rows_done=len(rows),
+                imported=imported,
+                duplicates=duplicates,
+                unmatched=unmatched,
+                finished_at=timezone.now(),
             )
-            imported += created
-            duplicates += not created
+    except BankCsvError as exc:
         BankImport.objects.filter(pk=import_id).update(
-            state=ImportState.DONE,
-            rows_done=len(rows),
-            imported=imported,
-            duplicates=duplicates,
-            unmatched=unmatched,
-            finished_at=timezone.now(),
+            state=ImportState.FAILED, errors=exc.errors, finished_at=timezone.now()
         )
     upload.refresh_from_db()
     return upload

@@ -45,6 +45,7 @@ from panel.models import (
     UsageEvent,
     User,
 )
+from panel.models.ledger import MONEY_DIGITS, MONEY_PLACES
 
 EXACT = Decimal("0.000001")
 SOURCE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._/@+-]{0,199}$")
@@ -77,6 +78,9 @@ def money(value: Any, what: str, *, positive: bool = False, allow_zero: bool = T
         raise LedgerError(f"{what} {value!r} is not a number") from None
     if not amount.is_finite():
         raise LedgerError(f"{what} {value!r} is not a finite number")
+    if amount and amount.adjusted() >= MONEY_DIGITS - MONEY_PLACES:
+        # Beyond what an amount column holds (and what quantize can compute).
+        raise LedgerError(f"{what} {value} is too large")
     if amount != amount.quantize(EXACT, rounding=ROUND_HALF_EVEN):
         raise LedgerError(f"{what} {value} has more than 6 decimal places")
     if amount < 0 or (positive and amount == 0) or (not allow_zero and amount == 0):
@@ -103,6 +107,17 @@ def local_date(moment: datetime) -> date:
     if timezone.is_naive(moment):
         raise LedgerError(f"time {moment.isoformat()} has no time zone")
     return timezone.localtime(moment).date()
+
+
+# Money moves on days the co-op keeps books for. A date before 2000 (0026 typed for 2026) or
+# more than a year ahead is a typo: it would open a month that no close ever reaches, and at
+# the calendar's end one whose next month cannot be computed.
+FIRST_BOOKING_DAY = date(2000, 1, 1)
+
+
+def booking_days() -> tuple[date, date]:
+    """The first and last day a payment may be dated."""
+    return FIRST_BOOKING_DAY, timezone.localdate() + timedelta(days=366)
 
 
 def period_for(day: date) -> BillingPeriod:
@@ -1058,6 +1073,9 @@ def payment_record(
     amount = money(amount, "payment amount", positive=True)
     if amount != cents(amount):
         raise LedgerError(f"payment amount {amount} is not whole cents")
+    first, last = booking_days()
+    if not first <= received_on <= last:
+        raise LedgerError(f"payment date {received_on} is not between {first} and {last}")
     with transaction.atomic():
         # The member's balance row is the lock for all money moving for this member; under it
         # a repeated payment is recognised, and the unique source key is the backstop.

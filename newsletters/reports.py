@@ -46,9 +46,18 @@ from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser, HeaderParser, Parser
 from email.policy import compat32
 from email.utils import getaddresses
-from typing import Literal
+from typing import Any, Literal
 
 from flufl.bounce import all_failures
+
+_FLUFL_DETECTORS: list[Any] | None
+try:
+    # all_failures()'s own list, to run each detector on its own (see _flufl_failures).
+    from flufl.bounce._scan import _DETECTORS
+
+    _FLUFL_DETECTORS = list(_DETECTORS)
+except ImportError:  # a flufl.bounce that keeps them elsewhere: all_failures() as a whole
+    _FLUFL_DETECTORS = None
 
 logger = logging.getLogger(__name__)
 # flufl.bounce logs a line per detector per message at INFO: seventeen lines for every report.
@@ -371,22 +380,40 @@ def _recipient(block: Message) -> _Recipient | None:
 def _flufl_failures(msg: Message) -> tuple[set[str], set[str]]:
     """flufl.bounce's (temporary, permanent) addresses, lower-cased.
 
-    flufl.bounce 6.0 assumes header values are str. For a field with raw 8-bit bytes (UTF-8
-    headers are legal since RFC 6532) compat32 returns an email.header.Header instead, a
-    detector calls .lower() on it, and all_failures() raises, losing every detector's answer.
-    Parsed again from text, the same message has str values throughout.
+    Its detectors run here one by one, in all_failures()'s order and by its rule (the first
+    that finds an address ends the run), because all_failures() gives up at the first
+    detector that raises, losing every answer, and odd mail makes some raise: flufl.bounce
+    6.0 assumes header values are str, and for a field with raw 8-bit bytes (UTF-8 headers are
+    legal since RFC 6532) compat32 returns an email.header.Header, on which a detector calls
+    .lower(); the Yale detector takes the first of the From field's addresses, and there may
+    be none. A detector that raises is tried again on the message parsed from text (str
+    values throughout), then skipped.
     """
-    try:
-        temporary, permanent = all_failures(msg)
-    except Exception:
+    if _FLUFL_DETECTORS is None:
         try:
-            text = msg.as_bytes().decode("utf-8", "replace")
-            temporary, permanent = all_failures(Parser(policy=compat32).parsestr(text))
-        except Exception:
-            # The delivery-status verdicts do not depend on flufl; keep them.
-            logger.exception("flufl.bounce failed on a report")
+            temporary, permanent = all_failures(msg)
+        except Exception as exc:
+            logger.info("flufl.bounce failed on a report (%s)", type(exc).__name__)
             return set(), set()
-    return _addresses(temporary), _addresses(permanent)
+        return _addresses(temporary), _addresses(permanent)
+    as_text: Message | None = None
+    for detector in _FLUFL_DETECTORS:
+        try:
+            temporary, permanent = detector().process(msg)
+        except Exception:
+            if as_text is None:
+                text = msg.as_bytes().decode("utf-8", "replace")
+                as_text = Parser(policy=compat32).parsestr(text)
+            try:
+                temporary, permanent = detector().process(as_text)
+            except Exception as exc:
+                # The delivery-status verdicts do not depend on flufl; the other detectors
+                # may still answer.
+                logger.info("flufl.bounce %s failed (%s)", detector.__name__, type(exc).__name__)
+                continue
+        if temporary or permanent:
+            return _addresses(frozenset(temporary)), _addresses(frozenset(permanent))
+    return set(), set()
 
 
 def _addresses(values: frozenset[bytes]) -> set[str]:

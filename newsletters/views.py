@@ -6,6 +6,7 @@ list is a 404). The public pages (signup, confirm, unsubscribe, archive) need no
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from typing import Any
 
@@ -465,14 +466,17 @@ def signup(request: HttpRequest, slug: str) -> HttpResponse:
     if not mlist.signup_open:
         raise Http404
     form = SignupForm(request.POST or None)
+    if request.method == "POST" and request.POST.get("website", ""):
+        # A bot (people never see the field), whatever else it sent: answer as if it worked,
+        # store nothing.
+        return render(request, "newsletters/public/check_inbox.html", {"list": mlist})
     if request.method == "POST" and form.is_valid():
-        if form.cleaned_data["website"]:
-            # A bot: answer as if it worked, store nothing.
-            return render(request, "newsletters/public/check_inbox.html", {"list": mlist})
         ip = client_ip(request) or "unknown"
         email = form.cleaned_data["email"].strip().lower()
+        # The address is not checked yet: hashed, any text makes a valid cache key.
+        email_key = hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()
         if _throttled(f"nl-signup-ip:{mlist.pk}:{ip}", 10, 3600) or _throttled(
-            f"nl-signup-email:{mlist.pk}:{email}", 3, 86400
+            f"nl-signup-email:{mlist.pk}:{email_key}", 3, 86400
         ):
             return render(
                 request,

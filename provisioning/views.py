@@ -147,7 +147,13 @@ def database_add(request: HttpRequest, pk: int) -> HttpResponse:
     found = selectors.site_of(user, pk)
     form = DatabaseForm(request.POST)
     if not form.is_valid():
-        return redirect("provisioning:site", pk=found.pk)
+        # Said next to the field, as for every other form (nothing was created).
+        return render(
+            request,
+            "provisioning/site.html",
+            _site_context(request, found, database_form=form),
+            status=422,
+        )
     try:
         database, password = services.database_create(
             site=found, engine=form.cleaned_data["engine"], actor=user

@@ -351,6 +351,38 @@ def test_email_change(client, alice, value):
         assert_refused(response, "email", before)
 
 
+@FUZZ
+@given(
+    code=st.one_of(
+        NO_PASSWORD,
+        st.text(st.sampled_from("0123456789"), min_size=1, max_size=12),
+        st.text(CHAR, min_size=1, max_size=12),
+        with_inside(CONTROLS),
+        overlong(64),
+    )
+)
+def test_two_factor_activation(client, alice, code):
+    """Turning on TOTP with a code that is not the current one (a right guess is 1 in 10^6)."""
+    with example():
+        # Security settings ask for the password again, however recent the sign-in.
+        client.force_login(alice)
+        client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
+        client.get(reverse("mfa_activate_totp"))  # the secret is made and kept in the session
+        before = row_counts()
+        response = post(client, reverse("mfa_activate_totp"), {"code": code})
+        assert_refused(response, "code", before)
+
+
+@FUZZ
+@given(password=st.one_of(NO_PASSWORD, st.text(CHAR, min_size=1, max_size=40), overlong(4096)))
+def test_reauthentication(client, alice, password):
+    with example():
+        client.force_login(alice)
+        before = row_counts()
+        response = post(client, reverse("account_reauthenticate"), {"password": password})
+        assert_refused(response, "password", before)
+
+
 # Membership ---------------------------------------------------------------------------------
 
 

@@ -18,7 +18,14 @@ import pytest
 from django.conf import settings
 
 from newsletters import inbound, services, tokens
-from newsletters.models import Campaign, Delivery, DeliveryState, MailingList, SendingDomain
+from newsletters.models import (
+    BounceEvent,
+    Campaign,
+    Delivery,
+    DeliveryState,
+    MailingList,
+    SendingDomain,
+)
 from tests.ansible.fixtures import PlaybookRun, run_playbook
 from tests.conftest import SmtpSink, free_port
 from tests.hosts.testhost import wait_for_port
@@ -82,6 +89,17 @@ def submit(port: int, content: bytes, *, sender: str, rcpt: str) -> tuple[int, s
             if code == 250:
                 code, text = smtp.data(content)
         return code, text.decode()
+
+
+def big_bounce(dsn: bytes, size: int) -> bytes:
+    """The DSN with an attachment in its returned message, `size` bytes in all (CRLF)."""
+    at = dsn.index(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding")
+    end = dsn.index(b"\r\n--3F2A1C0123.1741686067/mx1.example.net--")
+    head = dsn[:at] + b'Content-Type: multipart/mixed; boundary="att"\r\n\r\n--att\r\n'
+    head += b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    tail = b"--att--\r\n" + dsn[end:]
+    line = b"QUJD" * 19 + b"\r\n"  # 78 bytes a line, as base64 is written
+    return head + line * ((size - len(head) - len(tail)) // len(line)) + tail
 
 
 def arrived(sink: SmtpSink, mid: str) -> int:
@@ -213,6 +231,17 @@ def test_mail_node_relays_once_routes_bounces_to_the_panel_and_is_idempotent(
         return subscriber.bounce_score == 1
 
     wait_until(scored, f"the bounce at the panel\n{postfix_log()}")
+    # A bounce as large as Postfix takes reaches the panel too: the endpoint's limit is
+    # Postfix's (NEWSLETTER_INBOUND_MAX_BYTES = mail_node_message_size_limit), so Postfix never
+    # has to return what it accepted (it refused over 10 MiB, Postfix took 15 MiB).
+    large = big_bounce(dsn, settings.NEWSLETTER_INBOUND_MAX_BYTES - 256 * 1024)
+    code, text = submit(smtp_port, large, sender="", rcpt=sender)
+    assert code == 250, text
+
+    def both_kept() -> bool:
+        return BounceEvent.objects.filter(subscriber=subscriber).count() == 2
+
+    wait_until(both_kept, f"the large bounce at the panel\n{postfix_log()}", timeout=120)
     # Only the addresses the panel takes are accepted for the bounce domain, and nothing is
     # relayed elsewhere except from this host (the test shares the host's loopback, so that is
     # what the unit test of the relay's allow-list and Postfix's mynetworks cover).

@@ -25,6 +25,11 @@ app.conf.beat_schedule = {
         "task": "provisioning.tasks.purge_due_sites",
         "schedule": crontab(minute="5"),
     },
+    # Names claimed for sites are served once their DNS proves them (provisioning.dnsproof).
+    "hosting-check-domain-proofs": {
+        "task": "provisioning.tasks.check_domain_proofs",
+        "schedule": 300.0,
+    },
     "hosting-collect-usage": {
         "task": "provisioning.tasks.collect_usage",
         "schedule": crontab(minute="0"),

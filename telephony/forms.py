@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django import forms
@@ -55,3 +56,12 @@ class DeckForm(forms.Form):
         initial=timezone.now,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )
+
+    def clean_effective_from(self) -> datetime:
+        """A time a deck can be in force from: a typo of a year (0001, 9999) was stored and
+        then broke every page that reads the deck (PostgreSQL keeps it, Python cannot)."""
+        value: datetime = self.cleaned_data["effective_from"]
+        first = datetime(2000, 1, 1, tzinfo=timezone.get_current_timezone())
+        if not first <= value <= timezone.now() + timedelta(days=366):
+            raise forms.ValidationError(_("Choose a time from 2000 to a year from now."))
+        return value

@@ -211,11 +211,6 @@ def test_deck_file_name(client, carol, carrier, name):
         assert response.status_code in (200, 302, 422)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="telephony's DeckForm takes any year: year 1 is stored and then breaks every page "
-    "that reads the deck (psycopg: timestamp too small); reported with a fix, not ours to edit",
-)
 @pytest.mark.parametrize("when", ["0001-01-01T00:00", "0026-10-01T00:00", "9999-12-31T23:59"])
 def test_deck_in_force_from_a_year_of_typos(client, carol, carrier, when):
     """Found by the fuzz test: a deck in force from year 1 (Berlin's 00:00 is 0000-12-31 in

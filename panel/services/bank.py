@@ -168,7 +168,11 @@ def bank_import_create(*, actor: User, filename: str, content: bytes) -> BankImp
             raise BankCsvError(["the file is neither UTF-8 nor Windows-1252 text"]) from None
     if "\x00" in text:
         # Decodes, but no text file holds NUL (and PostgreSQL's text cannot).
-        raise BankCsvError(["the file holds NUL characters: it is not a text file"])
+        lines = [n for n, line in enumerate(text.splitlines(), 1) if "\x00" in line]
+        shown = ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else "")
+        raise BankCsvError(
+            [f"line {lines[0]}: holds a NUL character (lines {shown}): it is not a text file"]
+        )
     upload = BankImport.objects.create(
         uploaded_by=actor, filename=filename[:200], content=text, rows_total=text.count("\n")
     )

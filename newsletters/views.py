@@ -25,6 +25,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -346,6 +347,26 @@ def campaign_new(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+# A newsletter's HTML is the member's own markup: the panel's pages show it in a sandboxed
+# frame loaded from these URLs, each with a policy of its own. The panel's policy (no inline
+# styles, images from the panel only) would strip a newsletter of its looks; this one lets it
+# style itself and show its images but run nothing, submit nothing and load nothing else, and
+# lets only the panel's own pages frame it.
+NEWSLETTER_PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; font-src https: data:;"
+    " base-uri 'none'; form-action 'none'; frame-ancestors 'self'; sandbox"
+)
+
+
+def _newsletter_page(html: str) -> HttpResponse:
+    response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    response["Content-Security-Policy"] = NEWSLETTER_PAGE_CSP
+    # The frame's image requests should not tell strangers' servers which panel page asked.
+    response["Referrer-Policy"] = "no-referrer"
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
 def _campaign_context(campaign: Any, **extra: Any) -> dict[str, Any]:
     composer = Composer(campaign, campaign.list)
     text, page = composer.preview(Recipient(0, 0, "reader@example.org", _("Reader")))
@@ -363,7 +384,7 @@ def _campaign_context(campaign: Any, **extra: Any) -> dict[str, Any]:
         "schedule_form": ScheduleForm(),
         "test_form": TestSendForm(),
         "preview_text": text,
-        "preview_html": page,
+        "has_preview_html": bool(page),
         **extra,
     }
 
@@ -387,6 +408,20 @@ def campaign(request: HttpRequest, pk: int) -> HttpResponse:
             request, "newsletters/campaign.html", _campaign_context(found, form=form), status=422
         )
     return render(request, "newsletters/campaign.html", _campaign_context(found))
+
+
+@member_required
+@require_GET
+@xframe_options_sameorigin
+def campaign_preview(request: HttpRequest, pk: int) -> HttpResponse:
+    """The campaign's HTML as a reader would get it, for the frame on the campaign page."""
+    found = selectors.campaign_of(_user(request), pk)
+    _text, page = Composer(found, found.list).preview(
+        Recipient(0, 0, "reader@example.org", _("Reader"))
+    )
+    if not page:
+        raise Http404
+    return _newsletter_page(page)
 
 
 @member_required
@@ -579,8 +614,24 @@ def archive_item(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     return render(
         request,
         "newsletters/public/archive_item.html",
-        {"list": mlist, "campaign": found, "text": text, "page": page},
+        {"list": mlist, "campaign": found, "text": text, "has_page": bool(page)},
     )
+
+
+@require_GET
+@xframe_options_sameorigin
+def archive_item_page(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
+    """An archived campaign's HTML, for the frame on its archive page."""
+    mlist = selectors.public_list(slug)
+    if not selectors.can_read_archive(mlist, request.user):
+        raise Http404
+    found = selectors.archived_campaign(mlist, pk)
+    _text, page = Composer(found, mlist).preview(
+        Recipient(0, 0, "", _("reader")), unsubscribe_url=""
+    )
+    if not page:
+        raise Http404
+    return _newsletter_page(page)
 
 
 # Staff -----------------------------------------------------------------------------------

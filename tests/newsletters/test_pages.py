@@ -60,6 +60,7 @@ def urls(things):
         ("get", reverse("newsletters:campaign", args=[c])),
         ("post", reverse("newsletters:campaign", args=[c])),
         ("get", reverse("newsletters:campaign_progress", args=[c])),
+        ("get", reverse("newsletters:campaign_preview", args=[c])),
         ("post", reverse("newsletters:campaign_schedule", args=[c])),
         ("post", reverse("newsletters:campaign_test", args=[c])),
         ("post", reverse("newsletters:campaign_action", args=[c, "start"])),
@@ -92,12 +93,36 @@ def test_alice_sees_her_pages(client, alice, alices_things):
 
 def test_the_campaign_preview_keeps_the_members_html_in_a_sandbox(client, alice, alices_things):
     client.force_login(alice)
-    page = client.get(reverse("newsletters:campaign", args=[alices_things["campaign"].pk]))
+    pk = alices_things["campaign"].pk
+    page = client.get(reverse("newsletters:campaign", args=[pk]))
     html = page.content.decode()
-    # The member's HTML is only inside an escaped srcdoc of a sandboxed frame.
-    assert 'sandbox=""' in html
-    assert "<script>alert(1)</script>" not in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # The member's HTML is not in the panel's page at all: a sandboxed frame loads it from its
+    # own URL, under a policy of its own.
+    preview_url = reverse("newsletters:campaign_preview", args=[pk])
+    assert f'sandbox="" src="{preview_url}"' in html
+    assert "<script>alert(1)</script>" not in html  # only escaped, in the edit form's textarea
+    preview = client.get(preview_url)
+    assert preview.status_code == 200
+    assert "<script>alert(1)</script>" in preview.content.decode()
+    assert_newsletter_policy(preview)
+
+
+def assert_newsletter_policy(response) -> None:
+    """Styles and images of its own, nothing that runs, submits or loads; framed by the panel
+    only; a sandbox even when opened on its own."""
+    policy = dict(
+        (part.split()[0], part.split()[1:])
+        for part in response["Content-Security-Policy"].split(";")
+        if part.strip()
+    )
+    assert policy["default-src"] == ["'none'"]
+    assert "script-src" not in policy  # default-src 'none'
+    assert policy["style-src"] == ["'unsafe-inline'"]
+    assert policy["form-action"] == ["'none'"]
+    assert policy["frame-ancestors"] == ["'self'"]
+    assert policy["sandbox"] == []
+    assert response["X-Frame-Options"] == "SAMEORIGIN"
+    assert response["Referrer-Policy"] == "no-referrer"
 
 
 def test_a_list_is_made_from_the_page_and_audited(client, alice, alice_domain):
@@ -197,15 +222,22 @@ def test_archives_are_public_or_only_for_the_owner(client, alice, bob, alice_lis
     archive = reverse("newsletters:archive", args=[alice_list.slug])
     item = reverse("newsletters:archive_item", args=[alice_list.slug, campaign.pk])
     assert "Issue one" in client.get(archive).content.decode()
+    item_page = reverse("newsletters:archive_item_page", args=[alice_list.slug, campaign.pk])
     page = client.get(item).content.decode()
-    assert "&lt;p&gt;Hello reader&lt;/p&gt;" in page  # escaped into a sandboxed srcdoc
+    assert "Hello reader" not in page
+    assert f'sandbox="" src="{item_page}"' in page  # the HTML comes into a sandboxed frame
+    framed = client.get(item_page)
+    assert "<p>Hello reader</p>" in framed.content.decode()
+    assert_newsletter_policy(framed)
     alice_list.archive_public = False
     alice_list.save()
     assert client.get(archive).status_code == 404
     client.force_login(bob)
     assert client.get(item).status_code == 404
+    assert client.get(item_page).status_code == 404
     client.force_login(alice)
     assert client.get(item).status_code == 200
+    assert client.get(item_page).status_code == 200
 
 
 FORMULAS = [

@@ -63,6 +63,7 @@ PUBLIC_ARGS: dict[str, list[object]] = {
     "newsletters:signup": ["no-such-list"],
     "newsletters:archive": ["no-such-list"],
     "newsletters:archive_item": ["no-such-list", 1],
+    "newsletters:archive_item_page": ["no-such-list", 1],
     "newsletters:confirm": ["no-such-token"],
     "newsletters:unsubscribe": ["no-such-token"],
 }

@@ -90,6 +90,7 @@ from bench.agi import (  # noqa: E402  (after the path fix above)
     start_server,
     wait_listening,
 )
+from bench.common import cpu_model  # noqa: E402  (after the path fix above)
 
 NODE = "bench"
 RESTART_SEC = 3.0  # the service role's unit: Restart=on-failure, RestartSec=3
@@ -112,7 +113,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     duration, prefixes = (20.0, 2_000) if args.quick else (60.0, 20_000)
-    print(f"cpu: {_cpu_model()}")
+    print(f"cpu: {cpu_model()}")
     print(f"load_before: {os.getloadavg()[0]:.2f}")
     with scratch_database() as database_url:
         env = django_setup(database_url)
@@ -158,23 +159,6 @@ def main() -> None:
 
 def _counts(counter: Counter[str]) -> str:
     return "; ".join(f"{n} x {text}" for text, n in counter.most_common()) or "none"
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(
-            ["lscpu"],  # noqa: S607  (a system tool, looked up on PATH)
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, "LC_ALL": "C"},
-        ).stdout
-    except OSError:
-        return "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.partition(":")[2].strip()
-    return "unknown"
 
 
 class Supervised:

@@ -768,6 +768,8 @@ def _clean_message_id(value: str) -> str:
 # bytes with a few regular expressions, so its cost grows with the size of the input at the
 # speed of a memory scan.
 
+# Smaller messages are read and kept whole.
+READ_WHOLE = 128 * 1024
 # A text part's beginning says what happened (the quoted original's header fields follow the
 # notice); what comes after is the original's body.
 KEEP_TEXT = 64 * 1024
@@ -811,11 +813,15 @@ def essentials(raw: bytes) -> bytes:
     KEEP_PARTS in all), attached messages are cut down the same way, report parts are kept
     whole (up to KEEP_REPORT), text parts keep their first KEEP_TEXT bytes, cut at a line,
     and other parts (images, PDFs, archives) keep only their header fields. What is kept is
-    also what the panel stores of an inbound message.
+    also what the panel stores of an inbound message. A message of READ_WHOLE bytes or less
+    (nearly every report) is kept whole: cutting it would save little, and cost as much as
+    reading it.
     """
     # Line endings differ between SMTP (CRLF) and mail stores (LF); one form keeps the
     # results identical and keeps stray CRs out of header values and details.
     data = bytes(raw).replace(b"\r\n", b"\n")
+    if len(data) <= READ_WHOLE:
+        return data
     return _entity(data, depth=0, budget=_Budget(), default_type="text/plain")
 
 

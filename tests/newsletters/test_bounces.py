@@ -465,3 +465,35 @@ def test_the_endpoint_accepts_and_drops_what_is_no_email_instead_of_deferring(
     assert report.outcome.startswith("dropped: not an email message")
     assert not [r for r in caplog.records if r.exc_info]
     assert not BounceEvent.objects.exists()
+
+
+def test_a_failure_while_acting_undoes_everything_and_keeps_the_message_for_review(sent, caplog):
+    """A database refusal that is not an outage (here a trigger): retrying would not help, so
+    the message is taken, kept with the error, and nothing it began is left half done."""
+    from django.db import connection
+
+    campaign, readers = sent
+    delivery = Delivery.objects.get(campaign=campaign, subscriber=readers[0])
+    raw, to = report_for("postfix_hard", delivery)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_refuse() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'refused for the test'; END; $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER test_refuse BEFORE INSERT ON newsletters_bounceevent "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse()"
+        )
+    outcome = services.report_receive(raw=raw, recipient=to)
+    assert outcome == "error: not processed (ProgrammingError); kept for review"
+    kept = InboundReport.objects.get()
+    assert (kept.outcome, kept.size) == (outcome, len(raw))
+    assert b"Final-Recipient" in bytes(kept.raw)
+    reader = Subscriber.objects.get(pk=readers[0].pk)
+    assert (reader.bounce_score, reader.last_bounce_on) == (0, None)
+    assert Campaign.objects.get(pk=campaign.pk).bounces == 0
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == [
+        f"could not process a report to {to}"
+    ]
+    # The same bytes again are a duplicate of the kept one, not a second try.
+    assert services.report_receive(raw=raw, recipient=to) == "duplicate"

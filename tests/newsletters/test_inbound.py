@@ -4,15 +4,20 @@ what is kept of a message and for how long, and whatever strangers may send to i
 from __future__ import annotations
 
 import base64
+import contextlib
 import random
+import re
 import smtplib
+import socket
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from aiosmtpd.controller import Controller
 from django.conf import settings
 from django.utils import timezone
 
@@ -229,3 +234,121 @@ def test_inbound_messages_and_bounce_logs_go_after_the_retention_time_consent_st
     assert (reader.bounce_score, reader.status) == (1, SubscriberStatus.COMPLAINED)
     # Nothing left to purge: a second run deletes nothing.
     assert app.tasks[entry["task"]].apply().get() == {"events": 0, "messages": 0}
+
+
+# The DATA reader --------------------------------------------------------------------------
+
+
+class Keep:
+    """A DATA hook that keeps the bytes, to compare the endpoint's reader with aiosmtpd's."""
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.got.append(bytes(envelope.original_content))
+        return "250 OK"
+
+
+@contextlib.contextmanager
+def listening(controller_class: Any, handler: Keep, limit: int) -> Iterator[int]:
+    port = free_port()
+    controller = controller_class(
+        handler, hostname="127.0.0.1", port=port, data_size_limit=limit, ready_timeout=10
+    )
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()
+
+
+def raw_session(port: int, chunks: list[bytes], *, pause: float = 0.0) -> list[bytes]:
+    """Send bytes as they are (in these pieces), return the server's reply lines."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        for chunk in chunks:
+            sock.sendall(chunk)
+            if pause:
+                time.sleep(pause)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            more = sock.recv(65536)
+            if not more:
+                break
+            received += more
+    return [line for line in received.split(b"\r\n") if line]
+
+
+DATA_CASES = [
+    b"",
+    b"\r\n",
+    b"Subject: x\r\n\r\nbody\r\n",
+    b".leading dot\r\n..two\r\n...three\r\nend.\r\n",
+    b"a line that ends in a dot.\r\n.\r\n".replace(b"\r\n.\r\n", b"\r\n..\r\n"),
+    b"long " + b"y" * 5000 + b"\r\n",
+    b"bare\nline feeds\rand returns\r\n",
+    b"x\r\n" * 20000,
+]
+
+
+@pytest.mark.parametrize("content", DATA_CASES)
+def test_the_block_reader_gets_the_bytes_aiosmtpd_gets(content: bytes) -> None:
+    """Dot-stuffed on the wire, byte for byte the same message after (RFC 5321 4.5.2)."""
+    wire = re.sub(rb"(?:^|(?<=\r\n))\.", b"..", content) + b".\r\n"
+    session = [b"EHLO t\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\n", wire, b"QUIT\r\n"]
+    ours, reference = Keep(), Keep()
+    with listening(inbound._Controller, ours, 50_000_000) as port:
+        replies = raw_session(port, session)
+    with listening(Controller, reference, 50_000_000) as port:
+        reference_replies = raw_session(port, session)
+    assert ours.got == [content]
+    if len(max(content.split(b"\r\n"), key=len)) < 1000:
+        # aiosmtpd refuses lines over 1000 bytes; the endpoint takes them.
+        assert reference.got == [content]
+        assert replies == reference_replies
+
+
+def test_the_block_reader_finds_the_end_across_any_split_and_pipelined_commands() -> None:
+    content = b"one\r\n.two\r\nthree.\r\n"
+    wire = b"one\r\n..two\r\nthree.\r\n.\r\n"
+    # One byte at a time, the end of the data split every way.
+    ours = Keep()
+    with listening(inbound._Controller, ours, 1_000_000) as port:
+        head = b"EHLO t\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\n"
+        replies = raw_session(
+            port, [head, *[wire[i : i + 1] for i in range(len(wire))]], pause=0.002
+        )
+    assert ours.got == [content]
+    assert replies[-1] == b"250 OK"
+    # Two messages and QUIT in one write, as a pipelining client may send after the data.
+    ours = Keep()
+    with listening(inbound._Controller, ours, 1_000_000) as port:
+        replies = raw_session(
+            port,
+            [
+                b"EHLO t\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\n",
+                wire + b"MAIL FROM:<>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
+                b"second\r\n.\r\nQUIT\r\n",
+            ],
+        )
+    assert ours.got == [content, b"second\r\n"]
+    assert replies.count(b"250 OK") >= 2
+    assert replies[-1].startswith(b"221")
+
+
+def test_the_block_reader_refuses_too_much_data_for_good_and_stays_usable() -> None:
+    ours = Keep()
+    big = b"z" * 70 + b"\r\n"
+    with listening(inbound._Controller, ours, 100_000) as port:
+        replies = raw_session(
+            port,
+            [
+                b"EHLO t\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\n",
+                big * 5000 + b".\r\n",
+                b"MAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\n",
+                b"small\r\n.\r\nQUIT\r\n",
+            ],
+        )
+    assert [r for r in replies if r.startswith(b"552")] == [b"552 5.3.4 Error: Too much mail data"]
+    assert ours.got == [b"small\r\n"]

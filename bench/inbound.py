@@ -20,8 +20,10 @@ Prints one `name: value` line per figure on stdout, medians of --runs runs (prog
 stderr): inbound_messages_per_s (messages / wall time of the mixed corpus), inbound_mb_s
 (MB / seconds over the large messages, each timed from DATA to the endpoint's reply) and per
 shape, the same with _before for the older tree (its own corpus: the samples it had), the
-ratio, and the CPU model (lscpu). Goals (issue 14): 200 messages/s, 2 MB/s and 5 times the
-code before it.
+ratios, and the CPU model (lscpu). Goals (issue 14): 200 messages/s, 2 MB/s and 5 times the
+code before it. As a baseline for the machine (two of a kind differ by 2x), the same corpus
+goes in the same run to a bare aiosmtpd server that takes and discards each message:
+inbound_messages_per_s_bare_smtp, and what the endpoint keeps of that rate.
 
     .venv/bin/python bench/inbound.py [--quick] [--runs N] [--before REV]
 """
@@ -116,6 +118,8 @@ def main() -> None:
     print(f"runs: {runs}")
     print(f"inbound_messages: {after['messages']} ({after['samples']} samples)")
     print(f"inbound_messages_per_s: {after['messages_per_s']:.0f}")
+    print(f"inbound_messages_per_s_bare_smtp: {after['bare_per_s']:.0f}")
+    print(f"inbound_share_of_bare_smtp: {after['messages_per_s'] / after['bare_per_s']:.2f}")
     print(f"inbound_large_messages: {after['large']} ({', '.join(after['shapes'])})")
     print(f"inbound_mb_s: {after['mb_s']:.2f}")
     for shape in after["shapes"]:
@@ -129,6 +133,10 @@ def main() -> None:
         print(f"inbound_mb_s_before: {before['mb_s']:.2f}")
         for shape in before["shapes"]:
             print(f"inbound_mb_s_{shape}_before: {before['mb_s_' + shape]:.2f}")
+        print(
+            "inbound_messages_per_s_ratio: "
+            f"{after['messages_per_s'] / before['messages_per_s']:.1f}"
+        )
         print(f"inbound_mb_s_ratio: {after['mb_s'] / before['mb_s']:.1f}")
     print(f"kept_bytes_per_large_message: {after['kept_large']}")
     if before:
@@ -178,6 +186,7 @@ def measure(database_url: str, *, runs: int, messages: int, large: int) -> dict[
     django.setup()
     import logging
 
+    from aiosmtpd.controller import Controller
     from django.core.management import call_command
 
     from newsletters import inbound
@@ -193,6 +202,9 @@ def measure(database_url: str, *, runs: int, messages: int, large: int) -> dict[
     port = free_port()
     controller = inbound.server("127.0.0.1", port, ["127.0.0.0/8"])
     controller.start()
+    bare_port = free_port()
+    bare = Controller(Discard(), hostname="127.0.0.1", port=bare_port)
+    bare.start()
     figures: dict[str, list[float]] = {}
     shapes: list[str] = []
     samples_used = 0
@@ -202,6 +214,8 @@ def measure(database_url: str, *, runs: int, messages: int, large: int) -> dict[
             mine = deliveries[run * per_run : (run + 1) * per_run]
             corpus, samples_used = mixed_corpus(mine[:messages])
             log(f"run {run + 1}: {len(corpus)} mixed messages, {CLIENTS} connections")
+            seconds = client(tmp, bare_port, corpus, connections=CLIENTS)["wall"]
+            figures.setdefault("bare_per_s", []).append(len(corpus) / seconds)
             seconds = client(tmp, port, corpus, connections=CLIENTS)["wall"]
             figures.setdefault("messages_per_s", []).append(len(corpus) / seconds)
             big = large_corpus(mine[messages:], repeat=large)
@@ -222,6 +236,7 @@ def measure(database_url: str, *, runs: int, messages: int, large: int) -> dict[
         check_outcomes()
     finally:
         controller.stop()
+        bare.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     result: dict[str, Any] = {key: statistics.median(values) for key, values in figures.items()}
     result.update(
@@ -232,6 +247,13 @@ def measure(database_url: str, *, runs: int, messages: int, large: int) -> dict[
         kept_large=kept_large,
     )
     return result
+
+
+class Discard:
+    """The baseline's DATA hook: takes the message and forgets it."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 OK"
 
 
 def populate(n: int) -> list[tuple[int, str]]:

@@ -53,11 +53,10 @@ _CONSENT = ConsentEvent._meta.db_table
 _DELIVERY = Delivery._meta.db_table
 
 _LOCKED_FIELDS = ["id", "list_id", "email", "status", "bounce_score", "last_bounce_on"]
+_LOCKED_COLUMNS = ", ".join(f"s.{name}" for name in _LOCKED_FIELDS)
 _READ_LOCKED = (
-    "SELECT d.campaign_id, "
-    + ", ".join(f"s.{name}" for name in _LOCKED_FIELDS)  # noqa: S608
-    + f" FROM {_DELIVERY} d JOIN {_SUBSCRIBER} s ON s.id = d.subscriber_id"
-    " WHERE d.id = %(delivery)s FOR UPDATE OF s"
+    f"SELECT d.campaign_id, {_LOCKED_COLUMNS} FROM {_DELIVERY} d"  # noqa: S608
+    f" JOIN {_SUBSCRIBER} s ON s.id = d.subscriber_id WHERE d.id = %(delivery)s FOR UPDATE OF s"
 )
 # The score, the event, and the campaign's count, in one statement (the campaign's row, which
 # every bounce of the campaign updates, stays locked until the commit).

@@ -51,8 +51,38 @@ def test_price_lookup_and_history_show_the_rate_used(client, alice, carrier, acc
     )
     client.force_login(alice)
     page = client.get(reverse("telephony:index"), {"number": "+1 212 555 0100"}).content.decode()
-    assert "0.0120" in page  # USA 0.012/min
-    assert "Carrier One v1 +4930: 0.0080/min, 1/1s" in page
+    assert "0.012000" in page  # USA 0.012/min
+    assert "Carrier One v1 +4930: 0.008000/min, 1/1s" in page
+
+
+def test_members_see_rates_and_costs_with_the_decimals_they_are_billed_at(
+    client, alice, carol, carrier, access, caller
+):
+    """Billing keeps six decimals; pages rounding to four showed prices that were not billed
+    (0.012345/min shown as 0.0123)."""
+    deck = services.deck_upload(
+        carrier=carrier,
+        actor=carol,
+        filename="v2.csv",
+        content=b"prefix,destination,rate,increment,connect_fee\n"
+        b"4930,Berlin,0.012345,1/1,0.000051\n1,USA,0.012000,6/6,0\n",
+        mapping=services.PRESETS["standard"],
+        effective_from=timezone.now() - timedelta(hours=1),
+    )
+    services.deck_import(deck_id=deck.pk)
+    services.call_authorize(
+        uniqueid="d6", member=alice, caller=caller.number, access_number=access, digits="030123456"
+    )
+    record = services.call_settle(
+        uniqueid="d6", dial_status="ANSWER", answered_at=Decimal(10), ended_at=Decimal(17)
+    )
+    assert record.cost == Decimal("0.001491")  # 7 s at 0.012345/min + 0.000051
+    client.force_login(alice)
+    page = client.get(reverse("telephony:index"), {"number": "+49 30 1234567"}).content.decode()
+    assert "0.012345" in page  # the quote
+    assert "0.000051" in page  # its connect fee
+    assert "+4930: 0.012345/min, 1/1s" in page  # the call's record
+    assert "0.001491" in page  # its cost, as billed
 
 
 def test_staff_upload_a_deck_and_follow_the_import(

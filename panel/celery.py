@@ -45,6 +45,10 @@ app.conf.beat_schedule = {
     # whose channel is gone frees its hold, within a pass (ASTERISK_AMI names the nodes).
     "calls-reconcile": {"task": "telephony.tasks.reconcile_calls", "schedule": 30.0},
     "calls-pin-lock-notices": {"task": "telephony.tasks.notify_pin_locks", "schedule": 60.0},
+    "rate-decks-fail-stale-imports": {
+        "task": "telephony.tasks.fail_stale_deck_imports",
+        "schedule": 300.0,
+    },
     "purge-expired-sessions": {
         "task": "panel.tasks.purge_expired_sessions",
         "schedule": crontab(hour="3", minute="17"),

@@ -296,6 +296,12 @@ FASTAGI_DRAIN_SECONDS = env_int("FASTAGI_DRAIN_SECONDS", 30, minimum=0)
 # The Asterisk nodes' manager interfaces, NAME=ami://USER:SECRET@HOST:PORT each: a beat job
 # reconciles calls whose hangup never reached a FastAGI server.
 ASTERISK_AMI = env_list("ASTERISK_AMI", [])
+# A rate deck still importing this long after it was asked for is taken for one whose worker
+# stopped: it is marked failed (beat job), to be retried. An import of 1,000,000 rates takes
+# under a minute.
+TELEPHONY_DECK_IMPORT_TIMEOUT_MINUTES = env_int(
+    "TELEPHONY_DECK_IMPORT_TIMEOUT_MINUTES", 30, minimum=1
+)
 
 # Newsletters. Campaigns go to one relay (newsletters/relay.py in front of Postfix, see
 # ansible/), which drops a Message-ID it has already accepted; bounces, complaints and mailto

@@ -90,6 +90,9 @@ class RateDeck(models.Model):
         settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now)
+    # When its import was last asked for (upload or retry): an import still running long after
+    # is taken for one whose worker stopped (fail_stale_deck_imports).
+    queued_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["-effective_from", "-version"]

@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -398,6 +398,71 @@ def _seconds(text: str, what: str, *, allow_zero: bool) -> int:
     return value
 
 
+def _records(reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """(the line it begins on, its fields) for each record of a CSV reader.
+
+    A record is a line unless a quoted field runs over several; the csv module's own errors
+    (a field beyond its size limit after a stray quote, a NUL) become DeckErrors naming the
+    line the record began on, instead of escaping the import and leaving it running.
+    """
+    while True:
+        start = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DeckError(
+                [f"line {start}: {exc} (is a quote opened here and never closed?)"]
+            ) from None
+        yield start, values
+
+
+def _deck_row(
+    line: int, values: list[str], index: dict[str, int], intervals: dict[str, tuple[int, int]]
+) -> DeckRow:
+    """One row of a deck, by the mapping's column indexes; ValueError says what is wrong."""
+    prefix = values[index["prefix"]].strip().lstrip("+").replace(" ", "")
+    if not prefix.isdigit() or not 1 <= len(prefix) <= 15 or prefix.startswith("0"):
+        raise ValueError(
+            f"prefix {values[index['prefix']]!r} is not 1 to 15 digits of an international number"
+        )
+    if "interval" in index:
+        text = values[index["interval"]]
+        known = intervals.get(text)  # a deck has a handful of different ones
+        if known is None:
+            parts = text.strip().split("/")
+            if len(parts) != 2:
+                raise ValueError(f"increment {text!r} is not like 60/60")
+            known = intervals[text] = (
+                _seconds(parts[0], "initial block", allow_zero=True),
+                _seconds(parts[1], "increment", allow_zero=False),
+            )
+        initial, increment = known
+    else:
+        initial = (
+            _seconds(values[index["initial"]], "initial block", allow_zero=True)
+            if "initial" in index
+            else 60
+        )
+        increment = (
+            _seconds(values[index["increment"]], "increment", allow_zero=False)
+            if "increment" in index
+            else 60
+        )
+    return DeckRow(
+        line=line,
+        prefix=prefix,
+        description=values[index["description"]].strip()[:200] if "description" in index else "",
+        per_minute=_decimal(values[index["per_minute"]], "rate"),
+        connect_fee=_decimal(values[index["connect_fee"]], "connect fee")
+        if "connect_fee" in index
+        else Decimal(0),
+        initial=initial,
+        increment=increment,
+    )
+
+
 def parse_deck(content: bytes, mapping: dict[str, str]) -> list[DeckRow]:
     """Every row of a deck, or DeckError listing every bad line (first 100) by number."""
     try:
@@ -408,8 +473,11 @@ def parse_deck(content: bytes, mapping: dict[str, str]) -> list[DeckRow]:
         delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
     except csv.Error:
         delimiter = ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = [h.strip().lower() for h in next(reader, [])]
+    # newline="": lines end at CRLF, LF or CR alone (exports from old Macs and from browsers
+    # on them), and line breaks inside quoted fields stay as they were written.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records = _records(reader)
+    header = [h.strip().lower() for h in next(records, (1, []))[1]]
     wanted = {k: v.lower() for k, v in mapping.items()}
     missing = [column for column in wanted.values() if column not in header]
     if missing or "prefix" not in wanted or "per_minute" not in wanted:
@@ -421,63 +489,34 @@ def parse_deck(content: bytes, mapping: dict[str, str]) -> list[DeckRow]:
     errors: list[str] = []
     seen: dict[str, int] = {}
     intervals: dict[str, tuple[int, int]] = {}
-    for values in reader:
-        line = reader.line_num
-        if not "".join(values).strip():
-            continue
-        if len(values) != len(header):
-            errors.append(f"line {line}: {len(values)} fields, the header has {len(header)}")
-            continue
-        try:
-            prefix = values[index["prefix"]].strip().lstrip("+").replace(" ", "")
-            if not prefix.isdigit() or not 1 <= len(prefix) <= 15 or prefix.startswith("0"):
-                raise ValueError(
-                    f"prefix {values[index['prefix']]!r} is not 1 to 15 digits "
-                    "of an international number"
+    try:
+        for line, values in records:
+            if not "".join(values).strip():
+                continue
+            if len(values) != len(header):
+                spans = (
+                    f" (a quoted field runs from line {line} to line {reader.line_num}: is a"
+                    " quote opened and never closed?)"
+                    if reader.line_num > line
+                    else ""
                 )
-            if prefix in seen:
-                raise ValueError(f"prefix {prefix} appears again (first on line {seen[prefix]})")
-            if "interval" in index:
-                text = values[index["interval"]]
-                known = intervals.get(text)  # a deck has a handful of different ones
-                if known is None:
-                    parts = text.strip().split("/")
-                    if len(parts) != 2:
-                        raise ValueError(f"increment {text!r} is not like 60/60")
-                    known = intervals[text] = (
-                        _seconds(parts[0], "initial block", allow_zero=True),
-                        _seconds(parts[1], "increment", allow_zero=False),
+                errors.append(
+                    f"line {line}: {len(values)} fields, the header has {len(header)}{spans}"
+                )
+                continue
+            try:
+                row = _deck_row(line, values, index, intervals)
+                if row.prefix in seen:
+                    raise ValueError(
+                        f"prefix {row.prefix} appears again (first on line {seen[row.prefix]})"
                     )
-                initial, increment = known
-            else:
-                initial = (
-                    _seconds(values[index["initial"]], "initial block", allow_zero=True)
-                    if "initial" in index
-                    else 60
-                )
-                increment = (
-                    _seconds(values[index["increment"]], "increment", allow_zero=False)
-                    if "increment" in index
-                    else 60
-                )
-            row = DeckRow(
-                line=line,
-                prefix=prefix,
-                description=values[index["description"]].strip()[:200]
-                if "description" in index
-                else "",
-                per_minute=_decimal(values[index["per_minute"]], "rate"),
-                connect_fee=_decimal(values[index["connect_fee"]], "connect fee")
-                if "connect_fee" in index
-                else Decimal(0),
-                initial=initial,
-                increment=increment,
-            )
-        except ValueError as exc:
-            errors.append(f"line {line}: {exc}")
-            continue
-        seen[prefix] = line
-        rows.append(row)
+            except ValueError as exc:
+                errors.append(f"line {line}: {exc}")
+                continue
+            seen[row.prefix] = line
+            rows.append(row)
+    except DeckError as exc:
+        errors.extend(exc.errors)  # the reader cannot go on past it
     if errors:
         raise DeckError(
             errors[:100] + ([f"… and {len(errors) - 100} more"] if len(errors) > 100 else [])
@@ -553,23 +592,88 @@ def _copy_lines(deck_id: int, rows: list[DeckRow]) -> bytes:
 
 
 def deck_import(*, deck_id: int) -> RateDeck:
-    """Validate the whole file, then insert all rates in one transaction (or none)."""
+    """Validate the whole file, then insert all rates in one transaction (or none).
+
+    Whatever goes wrong ends the import as failed with the reason (a bad file with its lines,
+    anything else with what it was), never "importing" for good; the file is kept, so that
+    a failed import can be retried (deck_retry).
+    """
     deck = RateDeck.objects.get(pk=deck_id)
     if deck.state != DeckState.IMPORTING:
         return deck
     try:
-        rows = parse_deck(bytes(deck.content or b""), deck.mapping)
+        _deck_insert(deck)
     except DeckError as exc:
-        RateDeck.objects.filter(pk=deck.pk, state=DeckState.IMPORTING).update(
-            state=DeckState.FAILED, errors=exc.errors, content=None
+        _deck_failed(deck.pk, exc.errors)
+    except Exception as exc:
+        log.exception("rate deck %s: the import failed", deck.pk)
+        _deck_failed(deck.pk, [f"the import failed ({type(exc).__name__}: {exc}); retry it"])
+    deck.refresh_from_db()
+    return deck
+
+
+def _deck_failed(deck_id: int, errors: list[str]) -> bool:
+    return bool(
+        RateDeck.objects.filter(pk=deck_id, state=DeckState.IMPORTING).update(
+            state=DeckState.FAILED, errors=errors
         )
-        deck.refresh_from_db()
-        return deck
+    )
+
+
+def fail_stale_deck_imports(*, now: datetime | None = None) -> int:
+    """Fail imports still running long after they were asked for: their worker stopped.
+
+    A worker killed mid-import (or its message lost) leaves the deck "importing", and the
+    staff page polling it, for good. The import itself is one transaction, so nothing of it
+    is half there; the deck can be retried.
+    """
+    minutes = settings.TELEPHONY_DECK_IMPORT_TIMEOUT_MINUTES
+    cutoff = (now or timezone.now()) - timedelta(minutes=minutes)
+    failed = 0
+    for deck in RateDeck.objects.filter(state=DeckState.IMPORTING, queued_at__lt=cutoff).only("pk"):
+        reason = f"the import did not finish within {minutes} minutes (its worker stopped?)"
+        if _deck_failed(deck.pk, [f"{reason}; retry it"]):
+            audit_record(
+                actor=None,
+                action="rate_deck.import_timed_out",
+                obj=deck,
+                owner=None,
+                after={"state": DeckState.FAILED},
+            )
+            failed += 1
+    return failed
+
+
+@transaction.atomic
+def deck_retry(*, deck_id: int, actor: User) -> RateDeck:
+    """Import a failed deck again, from the file it kept."""
+    retried = RateDeck.objects.filter(
+        pk=deck_id, state=DeckState.FAILED, content__isnull=False
+    ).update(state=DeckState.IMPORTING, errors=[], rows_done=0, queued_at=timezone.now())
+    deck = RateDeck.objects.defer("content").get(pk=deck_id)
+    if not retried:
+        raise TelephonyError(f"{deck} is {deck.state}, not a failed import with its file kept")
+    audit_record(
+        actor=actor,
+        action="rate_deck.retried",
+        obj=deck,
+        owner=None,
+        before={"state": DeckState.FAILED},
+        after={"state": DeckState.IMPORTING},
+    )
+    from telephony.tasks import import_deck
+
+    enqueue_on_commit(import_deck, deck.pk)
+    return deck
+
+
+def _deck_insert(deck: RateDeck) -> None:
+    rows = parse_deck(bytes(deck.content or b""), deck.mapping)
     RateDeck.objects.filter(pk=deck.pk).update(rows_total=len(rows), rows_done=0)
     with transaction.atomic():
         locked = RateDeck.objects.select_for_update().get(pk=deck.pk)
         if locked.state != DeckState.IMPORTING or Rate.objects.filter(deck=deck).exists():
-            return locked
+            return
         if connection.vendor == "postgresql":
             with (
                 connection.cursor() as cursor,
@@ -607,8 +711,6 @@ def deck_import(*, deck_id: int) -> RateDeck:
         # 20,000 rates, 20 ms at 200,000) instead of probing the (deck, prefix) index.
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE telephony_rate")
-    deck.refresh_from_db()
-    return deck
 
 
 def deck_in_force(carrier: Carrier, at: datetime | None = None) -> RateDeck | None:

@@ -13,6 +13,11 @@ def import_deck(deck_id: int) -> str:
 
 
 @shared_task
+def fail_stale_deck_imports() -> int:
+    return services.fail_stale_deck_imports()
+
+
+@shared_task
 def expire_unsettled_calls() -> int:
     return services.expire_unsettled_calls()
 

@@ -11,5 +11,6 @@ urlpatterns = [
     path("pin/unlock/", views.pin_unlock, name="pin_unlock"),
     path("plan/", views.plan, name="plan"),
     path("staff/decks/", views.staff_decks, name="staff_decks"),
+    path("staff/decks/<int:pk>/retry/", views.staff_deck_retry, name="staff_deck_retry"),
     path("staff/live/", views.staff_live, name="staff_live"),
 ]

@@ -6,7 +6,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Q
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -157,12 +158,28 @@ def staff_decks(request: HttpRequest) -> HttpResponse:
             form.add_error("file", str(exc))
         else:
             return redirect("telephony:staff_decks")
-    decks = RateDeck.objects.select_related("carrier").defer("content")[:50]
+    decks = (
+        RateDeck.objects.select_related("carrier")
+        .defer("content")
+        .annotate(file_kept=Q(content__isnull=False))[:50]
+    )
     busy = any(d.state == "importing" for d in decks)
     template = (
         "telephony/_decks.html" if getattr(request, "htmx", False) else "telephony/staff_decks.html"
     )
     return render(request, template, {"form": form, "decks": decks, "busy": busy})
+
+
+@permission_required("telephony.add_ratedeck")
+@require_POST
+def staff_deck_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        services.deck_retry(deck_id=pk, actor=_user(request))
+    except RateDeck.DoesNotExist:
+        raise Http404 from None
+    except services.TelephonyError as exc:
+        messages.error(request, str(exc))
+    return redirect("telephony:staff_decks")
 
 
 @permission_required("telephony.view_callrecord")

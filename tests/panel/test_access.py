@@ -85,6 +85,7 @@ STAFF_ONLY = {
     "staff_trial_balance",
     "provisioning:staff_failed_jobs",
     "telephony:staff_decks",
+    "telephony:staff_deck_retry",
     "telephony:staff_live",
     "newsletters:staff_outbox",
     "newsletters:staff_domains",
@@ -110,6 +111,7 @@ ARGS: dict[str, list[object]] = {
     "provisioning:job_retry": [1],
     "provisioning:key_remove": [1],
     "telephony:phone_remove": [1],
+    "telephony:staff_deck_retry": [1],
     **{
         f"newsletters:{name}": [1]
         for name in (

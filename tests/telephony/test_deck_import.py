@@ -5,8 +5,10 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.urls import reverse
 from django.utils import timezone
 
+from panel.models import AuditEntry
 from telephony import rating, services
 from telephony.models import DeckState, Rate, RateDeck
 
@@ -113,3 +115,121 @@ def test_descriptions_with_tabs_backslashes_and_line_breaks_are_stored_as_writte
     assert deck.state == DeckState.READY, deck.errors
     stored = dict(Rate.objects.filter(deck=deck).values_list("prefix", "description"))
     assert stored == {"49": "Tab\there, back\\slash \\N", "33": 'Two\nlines\r\nand "quotes"'}
+
+
+# Never stuck "importing" (issue 15, item 4) ------------------------------------------------
+
+DECK_HEADER = b"prefix,destination,rate,increment,connect_fee"
+
+
+def test_line_endings_of_cr_alone_are_lines(carrier, carol):
+    """Exports from old Macs end lines with CR only: the csv module raised, uncaught, and the
+    deck stayed "importing" for good."""
+    content = b"\r".join([DECK_HEADER, b"49,Germany,0.01,60/60,0", b"33,France,0.02,60/60,0"])
+    deck = upload(carrier, carol, content + b"\r")
+    assert deck.state == DeckState.READY, deck.errors
+    assert Rate.objects.filter(deck=deck).count() == 2
+
+
+def test_a_stray_quote_fails_the_deck_with_the_line_it_opened_on(carrier, carol):
+    rows = [b"%d,Place %d,0.01,60/60,0" % (4900 + n, n) for n in range(10)]
+    rows[3] = b'4903,"Place 3 with a stray quote,0.01,60/60,0'
+    deck = upload(carrier, carol, b"\n".join([DECK_HEADER, *rows]) + b"\n")
+    assert deck.state == DeckState.FAILED
+    assert len(deck.errors) == 1
+    assert deck.errors[0].startswith("line 5: "), deck.errors
+    assert "quote" in deck.errors[0]
+    assert not Rate.objects.filter(deck=deck).exists()
+
+
+def test_a_stray_quote_in_a_large_deck_is_named_too(carrier, carol):
+    """Past the csv module's field size limit its own error came out instead."""
+    rows = [b"%d,Place %d,0.01,60/60,0" % (4900000 + n, n) for n in range(20_000)]
+    rows[1] = b'4900001,"Place 1,0.01,60/60,0'
+    deck = upload(carrier, carol, b"\n".join([DECK_HEADER, *rows]) + b"\n")
+    assert deck.state == DeckState.FAILED
+    assert deck.errors == [
+        "line 3: field larger than field limit (131072) (is a quote opened here and never closed?)"
+    ]
+
+
+def test_an_unforeseen_failure_fails_the_deck_and_a_retry_imports_it(
+    client, carrier, carol, django_capture_on_commit_callbacks
+):
+    """Anything else that goes wrong (here the database refuses the rates) ends the import as
+    failed with what it was; the file is kept, and "Import again" imports it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_refuse() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'refused for the test'; END; $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER test_refuse BEFORE INSERT ON telephony_rate "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse()"
+        )
+    deck = upload(carrier, carol, DECK_HEADER + b"\n49,Germany,0.01,60/60,0\n")
+    assert deck.state == DeckState.FAILED
+    assert deck.errors[0].startswith("the import failed (")
+    assert "refused for the test" in deck.errors[0]
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER test_refuse ON telephony_rate")
+    client.force_login(carol)
+    page = client.get(reverse("telephony:staff_decks")).content.decode()
+    retry = reverse("telephony:staff_deck_retry", args=[deck.pk])
+    assert f'action="{retry}"' in page
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post(retry).status_code == 302
+    deck.refresh_from_db()
+    assert deck.state == DeckState.READY, deck.errors
+    assert Rate.objects.filter(deck=deck).count() == 1
+    entry = AuditEntry.objects.get(action="rate_deck.retried")
+    assert (entry.actor, entry.before, entry.after) == (
+        carol,
+        {"state": "failed"},
+        {"state": "importing"},
+    )
+    # A ready deck is not imported again.
+    client.post(retry)
+    assert AuditEntry.objects.filter(action="rate_deck.retried").count() == 1
+
+
+def test_an_import_whose_worker_stopped_is_failed_by_the_beat_job_and_can_be_retried(
+    carrier, carol, settings, django_capture_on_commit_callbacks
+):
+    from panel.celery import app
+
+    entry = next(
+        e for e in app.conf.beat_schedule.values() if e["task"].endswith("fail_stale_deck_imports")
+    )
+    settings.TELEPHONY_DECK_IMPORT_TIMEOUT_MINUTES = 30
+    content = DECK_HEADER + b"\n49,Germany,0.01,60/60,0\n"
+    # Uploaded, never imported: the worker that took it was killed.
+    stale, fresh = (
+        services.deck_upload(
+            carrier=carrier,
+            actor=carol,
+            filename=name,
+            content=content,
+            mapping=services.PRESETS["standard"],
+            effective_from=timezone.now() + timedelta(days=1),
+        )
+        for name in ("stale.csv", "fresh.csv")
+    )
+    RateDeck.objects.filter(pk=stale.pk).update(queued_at=timezone.now() - timedelta(minutes=31))
+    assert app.tasks[entry["task"]].apply().get() == 1
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stale.state == DeckState.FAILED
+    assert stale.errors == [
+        "the import did not finish within 30 minutes (its worker stopped?); retry it"
+    ]
+    assert fresh.state == DeckState.IMPORTING
+    assert AuditEntry.objects.filter(action="rate_deck.import_timed_out").count() == 1
+    assert app.tasks[entry["task"]].apply().get() == 0
+    with django_capture_on_commit_callbacks(execute=True):
+        services.deck_retry(deck_id=stale.pk, actor=carol)
+    stale.refresh_from_db()
+    assert stale.state == DeckState.READY
+    # A late delivery of the stopped worker's message finds the deck done and does nothing.
+    assert services.deck_import(deck_id=stale.pk).state == DeckState.READY
+    assert Rate.objects.filter(deck=stale).count() == 1

@@ -280,6 +280,9 @@ HOSTING_PROOF_RECHECK_DAYS = env_int("HOSTING_PROOF_RECHECK_DAYS", 14, minimum=1
 # Members are emailed when a site's disk use crosses this share of its quota.
 HOSTING_QUOTA_WARN_PERCENT = env_int("HOSTING_QUOTA_WARN_PERCENT", 90, minimum=1)
 
+# The largest upload the panel takes (a rate deck); the panel role gives nginx the same limit.
+PANEL_UPLOAD_MAX_MB = env_int("PANEL_UPLOAD_MAX_MB", 50, minimum=1)
+
 # Telephony -----------------------------------------------------------------------------
 FASTAGI_LISTEN = env_str("FASTAGI_LISTEN", "127.0.0.1:4573")
 # Who may connect to the FastAGI port: the Asterisk nodes (addresses or networks). A stranger

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -56,6 +58,13 @@ class DeckForm(forms.Form):
         initial=timezone.now,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Said before the upload, rather than after a 413 (nginx has the same limit).
+        self.fields["file"].help_text = _("At most %(mb)d MB.") % {
+            "mb": settings.PANEL_UPLOAD_MAX_MB
+        }
 
     def clean_effective_from(self) -> datetime:
         """A time a deck can be in force from: a typo of a year (0001, 9999) was stored and

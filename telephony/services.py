@@ -352,7 +352,10 @@ PRESETS: dict[str, dict[str, str]] = {
     },
     "simple": {"prefix": "prefix", "description": "name", "per_minute": "price"},
 }
-MAX_DECK_BYTES = 50 * 1024 * 1024
+
+
+def max_deck_bytes() -> int:
+    return settings.PANEL_UPLOAD_MAX_MB * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -536,8 +539,8 @@ def deck_upload(
     mapping: dict[str, str],
     effective_from: datetime,
 ) -> RateDeck:
-    if len(content) > MAX_DECK_BYTES:
-        raise DeckError(["the file is larger than 50 MB"])
+    if len(content) > max_deck_bytes():
+        raise DeckError([f"the file is larger than {settings.PANEL_UPLOAD_MAX_MB} MB"])
     unknown = set(mapping) - {
         "prefix",
         "description",

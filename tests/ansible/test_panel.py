@@ -179,7 +179,7 @@ def _request(
     method: str,
     path: str,
     *,
-    body: str | None = None,
+    body: str | bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], str]:
     connection.request(method, path, body=body, headers=headers or {})
@@ -341,6 +341,31 @@ def test_the_environment_file_is_roots_and_readable_by_the_panel(deployed: Deplo
     # Every line is KEY='value', as systemd and sh both read it.
     for line in environment.splitlines():
         assert line.startswith("#") or re.fullmatch(r"[A-Z_][A-Z0-9_]*='[^']*'", line), line
+
+
+def test_nginx_takes_uploads_up_to_the_panels_limit_and_says_it_beyond(
+    deployed: Deployment,
+) -> None:
+    """One limit for the panel and nginx (panel_upload_max_mb): a rate deck the panel would
+    take is never cut off by a bare 413, and one beyond it gets the limit in words."""
+    assert "PANEL_UPLOAD_MAX_MB='50'" in deployed.host.run(["cat", ENV_FILE])
+    wait_for_port(deployed.ports["https"], timeout=30, address=deployed.address)
+    megabyte = 1024 * 1024
+    headers = {"Content-Type": "application/octet-stream"}
+    web = deployed.https()
+    # Through nginx to Django, which refuses an anonymous POST (403, CSRF), not nginx (413).
+    status, _headers, _page = _request(
+        web, "POST", "/calls/staff/decks/", body=b"x" * (50 * megabyte), headers=headers
+    )
+    assert status == 403
+    web.close()
+    web = deployed.https()
+    status, _headers, page = _request(
+        web, "POST", "/calls/staff/decks/", body=b"x" * (52 * megabyte), headers=headers
+    )
+    assert status == 413
+    assert "larger than 50 MB, the largest upload the panel takes" in page
+    web.close()
 
 
 def test_the_panel_answers_over_https_and_http_redirects(deployed: Deployment) -> None:

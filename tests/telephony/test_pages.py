@@ -103,3 +103,25 @@ def test_staff_upload_a_deck_and_follow_the_import(
     assert response.status_code == 302
     assert RateDeck.objects.get(version=2).state == "ready"
     assert "v2.csv" in client.get(reverse("telephony:staff_decks")).content.decode()
+
+
+def test_the_deck_page_says_the_upload_limit_and_the_panel_keeps_it(
+    client, carol, carrier, settings
+):
+    """The limit is PANEL_UPLOAD_MAX_MB, the same the panel role gives nginx (tests/ansible)."""
+    settings.PANEL_UPLOAD_MAX_MB = 1
+    client.force_login(carol)
+    assert "At most 1 MB." in client.get(reverse("telephony:staff_decks")).content.decode()
+    big = b"prefix,name,price\n" + b"49,Germany,0.02\n" * 70_000  # 1.1 MB
+    response = client.post(
+        reverse("telephony:staff_decks"),
+        {
+            "carrier": carrier.pk,
+            "file": SimpleUploadedFile("big.csv", big),
+            "preset": "simple",
+            "effective_from": (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
+        },
+    )
+    assert response.status_code == 200
+    assert "the file is larger than 1 MB" in response.content.decode()
+    assert not RateDeck.objects.filter(source_name="big.csv").exists()

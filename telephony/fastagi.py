@@ -343,6 +343,10 @@ class Database:
         self.wait_s = wait_s
         self.free: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.all = []
+        # Closed when the server stops: a step still running then closes its connection when
+        # it ends (closing it under the step would only have it reopened, and kept).
+        self.closed = False
+        self._closing = threading.Lock()
         for _ in range(connections_):
             db = connections.create_connection(DEFAULT_DB_ALIAS)
             db.inc_thread_sharing()
@@ -364,6 +368,8 @@ class Database:
             self.free.put(db)
 
     def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.closed:
+            raise Unavailable("the server is stopping")
         try:
             db = self.free.get(timeout=self.wait_s)
         except queue.Empty:
@@ -378,11 +384,22 @@ class Database:
             raise
         finally:
             del connections[DEFAULT_DB_ALIAS]
-            self.free.put(db)
+            with self._closing:
+                if self.closed:
+                    db.close()
+                else:
+                    self.free.put(db)
 
     def close(self) -> None:
-        for db in self.all:
-            db.close()
+        """Close the connections not lent; those lent close when their step ends."""
+        with self._closing:
+            self.closed = True
+            while True:
+                try:
+                    db = self.free.get_nowait()
+                except queue.Empty:
+                    return
+                db.close()
 
 
 class Handler(socketserver.StreamRequestHandler):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import psycopg
 import pytest
@@ -22,6 +24,8 @@ from telephony import asterisk_sim, services
 from telephony.fastagi import Server
 from telephony.models import CallRecord, CallState
 from tests.telephony.conftest import where
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -159,6 +163,12 @@ def test_the_servers_connections_have_lock_and_statement_timeouts(start_server, 
     runs 1.2 s."""
     server = start_server(db_connections=1)
 
+    def run(step: Callable[[], T]) -> T:
+        # In a thread of its own, as the server's sessions run them: the pool lends its
+        # connection as the thread's, and this (main) thread's own must stay where it is.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(server.database.run, step).result()
+
     def show() -> tuple[str, str]:
         with borrowed.cursor() as cursor:
             cursor.execute("SHOW lock_timeout")
@@ -167,7 +177,7 @@ def test_the_servers_connections_have_lock_and_statement_timeouts(start_server, 
             statement = cursor.fetchone()[0]
         return lock, statement
 
-    assert server.database.run(show) == ("800ms", "1200ms")
+    assert run(show) == ("800ms", "1200ms")
 
     def sleep() -> None:
         with borrowed.cursor() as cursor:
@@ -175,9 +185,9 @@ def test_the_servers_connections_have_lock_and_statement_timeouts(start_server, 
 
     began = time.monotonic()
     with pytest.raises(DatabaseError, match="statement timeout"):
-        server.database.run(sleep)
+        run(sleep)
     assert time.monotonic() - began < 2.0
-    assert server.database.run(show) == ("800ms", "1200ms"), "the reopened one has them too"
+    assert run(show) == ("800ms", "1200ms"), "the reopened one has them too"
 
 
 def test_a_settle_meeting_a_locked_balance_is_not_acknowledged_and_its_retry_bills_once(
@@ -204,3 +214,33 @@ def test_a_settle_meeting_a_locked_balance_is_not_acknowledged_and_its_retry_bil
     assert (record.state, record.billed_seconds) == (CallState.SETTLED, 60)
     assert UsageEvent.objects.filter(source_key="hold:call:late").count() == 1
     assert MemberBalance.objects.get(member=alice).held == 0
+
+
+def test_a_stopped_server_leaves_no_database_connection_open(start_server, carrier, access, caller):
+    """A step still running when the server stops closes its connection when it ends:
+    closed under it, the step reopened it and the server kept it (a PostgreSQL session for
+    as long as the process lived)."""
+    from telephony.fastagi import Unavailable
+    from telephony.models import Phone
+
+    server = start_server(db_connections=2)
+    warm, _ = call(server, "warm")
+    assert warm.variables["AUTH_RESULT"] == "OK"
+    started = threading.Event()
+
+    def step() -> int:
+        Phone.objects.count()
+        started.set()
+        time.sleep(0.5)
+        return Phone.objects.count()
+
+    holder = threading.Thread(target=server.database.run, args=(step,), daemon=True)
+    holder.start()
+    assert started.wait(5)
+    server.shutdown()
+    server.server_close()
+    holder.join(5)
+    assert not holder.is_alive()
+    assert [db.connection for db in server.database.all] == [None, None]
+    with pytest.raises(Unavailable):
+        server.database.run(Phone.objects.count)

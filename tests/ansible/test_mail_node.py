@@ -17,20 +17,16 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from newsletters import inbound, services, tokens
+from newsletters import tokens
 from newsletters.models import (
     BounceEvent,
-    Campaign,
     Delivery,
-    DeliveryState,
-    MailingList,
-    SendingDomain,
 )
 from tests.ansible.fixtures import PlaybookRun, run_playbook
 from tests.conftest import SmtpSink, free_port
 from tests.hosts.testhost import wait_for_port
 from tests.newsletters import samples
-from tests.newsletters.fixtures import add_confirmed
+from tests.newsletters.fixtures import inbound_endpoint, submitted_delivery
 
 pytestmark = pytest.mark.ansible
 
@@ -49,26 +45,14 @@ def smarthost() -> Iterator[SmtpSink]:
 @pytest.fixture
 def panel_inbound(transactional_db: None) -> Iterator[int]:
     """The panel's inbound endpoint (manage.py newsletter_inbound), on a free port."""
-    port = free_port()
-    controller = inbound.server("127.0.0.1", port, ["127.0.0.0/8"])
-    controller.start()
-    yield port
-    controller.stop()
+    with inbound_endpoint() as port:
+        yield port
 
 
 @pytest.fixture
 def delivery(transactional_db: None, alice, statutes, carol) -> Delivery:
     """A delivery the relay accepted, whose bounce the panel will recognise."""
-    domain = services.domain_add(member=alice, name="alice-news.example")
-    SendingDomain.objects.filter(pk=domain.pk).update(verified_at="2026-01-01T00:00Z")
-    mlist = MailingList.objects.create(
-        member=alice, name="L", slug="l", domain=domain, from_name="L", from_local="l"
-    )
-    reader = add_confirmed(mlist, 1)[0]
-    campaign = Campaign.objects.create(list=mlist, subject="s", text_body="t")
-    return Delivery.objects.create(
-        campaign=campaign, subscriber=reader, state=DeliveryState.SUBMITTED
-    )
+    return submitted_delivery(alice)
 
 
 def newsletter(mid: str, *, sender: str) -> bytes:

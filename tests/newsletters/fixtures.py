@@ -4,17 +4,22 @@ list, confirmed subscribers, the co-op's price per message, and an SMTP sink as 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import dkim as dkimpy
 import pytest
 from django.utils import timezone
 
-from newsletters import dkim, services
+from newsletters import dkim, inbound, services
 from newsletters.models import (
+    Campaign,
     ConsentEvent,
     ConsentKind,
+    Delivery,
+    DeliveryState,
     MailingList,
     SendingDomain,
     Subscriber,
@@ -22,10 +27,35 @@ from newsletters.models import (
 )
 from panel.models import CostRate, Supplier, User
 from panel.services.ledger import cost_rate_set
-from tests.conftest import SmtpSink
+from tests.conftest import SmtpSink, free_port
 from tests.newsletters.dnsserver import ZoneServer
 
 PRICE = Decimal("0.000400")
+
+
+@contextmanager
+def inbound_endpoint() -> Iterator[int]:
+    """The panel's inbound endpoint (manage.py newsletter_inbound) on a free loopback port."""
+    port = free_port()
+    controller = inbound.server("127.0.0.1", port, ["127.0.0.0/8"])
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()
+
+
+def submitted_delivery(member: User, **campaign: Any) -> Delivery:
+    """A delivery the relay accepted, to the one reader of a list from the member's verified
+    alice-news.example: its bounce or complaint is recognised."""
+    domain = services.domain_add(member=member, name="alice-news.example")
+    SendingDomain.objects.filter(pk=domain.pk).update(verified_at="2026-01-01T00:00Z")
+    mlist = MailingList.objects.create(
+        member=member, name="L", slug="l", domain=domain, from_name="L", from_local="l"
+    )
+    reader = add_confirmed(mlist, 1)[0]
+    sent = Campaign.objects.create(list=mlist, subject="s", text_body="t", **campaign)
+    return Delivery.objects.create(campaign=sent, subscriber=reader, state=DeliveryState.SUBMITTED)
 
 
 @pytest.fixture

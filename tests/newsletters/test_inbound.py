@@ -21,24 +21,20 @@ from aiosmtpd.controller import Controller
 from django.conf import settings
 from django.utils import timezone
 
-from newsletters import inbound, services, tokens
+from newsletters import inbound, tokens
 from newsletters.models import (
     BounceEvent,
-    Campaign,
     CampaignState,
     ConsentEvent,
     Delivery,
-    DeliveryState,
     InboundReport,
-    MailingList,
-    SendingDomain,
     Subscriber,
     SubscriberStatus,
 )
 from panel.celery import app
 from tests.conftest import free_port
 from tests.newsletters import samples
-from tests.newsletters.fixtures import add_confirmed
+from tests.newsletters.fixtures import inbound_endpoint, submitted_delivery
 
 ROOT = Path(__file__).resolve().parents[2]
 MB = 1_000_000
@@ -46,27 +42,13 @@ MB = 1_000_000
 
 @pytest.fixture
 def endpoint(transactional_db: None) -> Iterator[int]:
-    port = free_port()
-    controller = inbound.server("127.0.0.1", port, ["127.0.0.0/8"])
-    controller.start()
-    yield port
-    controller.stop()
+    with inbound_endpoint() as port:
+        yield port
 
 
 @pytest.fixture
 def delivery(transactional_db: None, alice, statutes, carol) -> Delivery:
-    domain = services.domain_add(member=alice, name="alice-news.example")
-    SendingDomain.objects.filter(pk=domain.pk).update(verified_at="2026-01-01T00:00Z")
-    mlist = MailingList.objects.create(
-        member=alice, name="L", slug="l", domain=domain, from_name="L", from_local="l"
-    )
-    reader = add_confirmed(mlist, 1)[0]
-    campaign = Campaign.objects.create(
-        list=mlist, subject="s", text_body="t", state=CampaignState.SENDING, submitted=1000
-    )
-    return Delivery.objects.create(
-        campaign=campaign, subscriber=reader, state=DeliveryState.SUBMITTED
-    )
+    return submitted_delivery(alice, state=CampaignState.SENDING, submitted=1000)
 
 
 def send(port: int, raw: bytes, rcpt: str) -> tuple[int, str]:

@@ -67,6 +67,8 @@ class Trunk(models.Model):
 
 
 class DeckState(models.TextChoices):
+    # Uploaded, its columns being mapped on the preview page; not a version yet.
+    DRAFT = "draft", _("Being mapped")
     IMPORTING = "importing", _("Importing")
     READY = "ready", _("Ready")
     FAILED = "failed", _("Failed")
@@ -76,12 +78,14 @@ class RateDeck(models.Model):
     """One version of a carrier's price list; calls keep the version they were rated with."""
 
     carrier = models.ForeignKey(Carrier, on_delete=models.PROTECT, related_name="decks")
-    version = models.PositiveIntegerField()
+    version = models.PositiveIntegerField(null=True, blank=True)  # given when imported
     effective_from = models.DateTimeField()
     source_name = models.CharField(max_length=200)
     source_sha256 = models.CharField(max_length=64)
     content = models.BinaryField(null=True, blank=True)  # the upload, until imported
     mapping = models.JSONField(default=dict)
+    # How it was read: a preset's or a saved mapping's name, for the list of decks.
+    read_as = models.CharField(max_length=100, blank=True)
     state = models.CharField(max_length=16, choices=DeckState.choices, default=DeckState.IMPORTING)
     rows_total = models.PositiveIntegerField(default=0)
     rows_done = models.PositiveIntegerField(default=0)
@@ -101,21 +105,64 @@ class RateDeck(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.carrier} v{self.version}"
+        return f"{self.carrier} v{self.version or '?'}"
+
+
+class DeckMapping(models.Model):
+    """A carrier's columns, saved under a name so that next month's deck is read the same way."""
+
+    carrier = models.ForeignKey(Carrier, on_delete=models.CASCADE, related_name="mappings")
+    name = models.CharField(max_length=100)
+    mapping = models.JSONField(default=dict)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["carrier__name", "name"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["carrier", "name"], name="deck_mapping_name_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.carrier}: {self.name}"
 
 
 class Rate(models.Model):
-    deck = models.ForeignKey(RateDeck, on_delete=models.PROTECT, related_name="rates")
+    """One prefix's price in a deck.
+
+    ``effective_from`` is set when the carrier's row names a later moment than the deck's
+    own (a price change announced in the same file): the rate is not used before it, and
+    until then a shorter prefix or the same prefix's undated row applies.
+    """
+
+    # The (deck, prefix) index serves both the lookups and the foreign key.
+    deck = models.ForeignKey(
+        RateDeck, on_delete=models.PROTECT, related_name="rates", db_index=False
+    )
     prefix = models.CharField(max_length=15)  # E.164 digits without the plus
     description = models.CharField(max_length=200, blank=True)
     per_minute = money_field()
     connect_fee = money_field(default=Decimal(0))
     initial_seconds = models.PositiveIntegerField(default=60)
     increment_seconds = models.PositiveIntegerField(default=60)
+    free_seconds = models.PositiveIntegerField(default=0)  # the first seconds cost nothing
+    effective_from = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        indexes: ClassVar = [models.Index(fields=["deck", "prefix"], name="rate_deck_prefix")]
         constraints: ClassVar = [
-            models.UniqueConstraint(fields=["deck", "prefix"], name="rate_prefix_unique"),
+            models.UniqueConstraint(
+                fields=["deck", "prefix"],
+                condition=Q(effective_from__isnull=True),
+                name="rate_prefix_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["deck", "prefix", "effective_from"],
+                condition=Q(effective_from__isnull=False),
+                name="rate_prefix_from_unique",
+            ),
             models.CheckConstraint(
                 condition=Q(increment_seconds__gt=0), name="rate_increment_positive"
             ),
@@ -224,6 +271,7 @@ class CallRecord(models.Model):
     connect_fee = money_field(default=Decimal(0))
     initial_seconds = models.PositiveIntegerField(default=0)
     increment_seconds = models.PositiveIntegerField(default=1)
+    free_seconds = models.PositiveIntegerField(default=0)
     trunk = models.ForeignKey(
         Trunk, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )

@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 # What call setup needs of a rate, in this order; the description is left deferred.
 FIELDS = ["id", "deck_id", "prefix", "per_minute", "connect_fee", "initial_seconds"]
-FIELDS += ["increment_seconds"]
-Row = tuple[int, Decimal, Decimal, int, int]
+FIELDS += ["increment_seconds", "free_seconds"]
+Row = tuple[int, Decimal, Decimal, int, int, int]
+# A prefix with rates that begin later than their deck: (epoch seconds from, row), latest
+# first; its rate of the deck's own date, if any, last with -inf.
+Dated = list[tuple[float, Row]]
 
 
 class RateCache:
@@ -49,7 +52,7 @@ class RateCache:
 
     def __init__(self, run: Callable[..., Any]) -> None:
         self._run = run
-        self._tables: dict[int, dict[str, Row]] = {}
+        self._tables: dict[int, dict[str, Row | Dated]] = {}
         self._loading: set[int] = set()
         self._failed_at: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -61,14 +64,20 @@ class RateCache:
             self.load_later([deck.pk])
             return rate_for(deck, e164)
         for prefix in rating.prefixes(e164):
-            row = table.get(prefix)
-            if row is not None:
-                rate_id, per_minute, connect_fee, initial, increment = row
-                return Rate.from_db(
-                    connection.alias,
-                    FIELDS,
-                    [rate_id, deck.pk, prefix, per_minute, connect_fee, initial, increment],
-                )
+            found = table.get(prefix)
+            if found is None:
+                continue
+            if type(found) is list:
+                now = time.time()
+                found = next((row for since, row in found if since <= now), None)
+                if found is None:
+                    continue  # not in force yet: a shorter prefix applies
+            rate_id, per_minute, connect_fee, initial, increment, free = found
+            return Rate.from_db(
+                connection.alias,
+                FIELDS,
+                [rate_id, deck.pk, prefix, per_minute, connect_fee, initial, increment, free],
+            )
         return None
 
     def loaded(self, deck_id: int) -> bool:
@@ -112,21 +121,44 @@ class RateCache:
                 self._loading.discard(deck_id)
 
 
-def load_table(deck_id: int) -> dict[str, Row]:
-    """All rates of a deck by prefix. Equal amounts share one Decimal (most rates repeat)."""
+def load_table(deck_id: int) -> dict[str, Row | Dated]:
+    """All rates of a deck by prefix. Equal amounts share one Decimal (most rates repeat).
+
+    A prefix with dated rates holds them all, latest first, for the lookup to choose by the
+    time of the call.
+    """
     shared: dict[Any, Any] = {}
-    table: dict[str, Row] = {}
+    table: dict[str, Row | Dated] = {}
+    dated: dict[str, Dated] = {}
     rows = Rate.objects.filter(deck_id=deck_id).values_list(
-        "prefix", "id", "per_minute", "connect_fee", "initial_seconds", "increment_seconds"
+        "prefix",
+        "id",
+        "per_minute",
+        "connect_fee",
+        "initial_seconds",
+        "increment_seconds",
+        "free_seconds",
+        "effective_from",
     )
-    for prefix, rate_id, per_minute, connect_fee, initial, increment in rows.iterator(
+    for prefix, rate_id, per_minute, connect_fee, initial, increment, free, since in rows.iterator(
         chunk_size=20_000
     ):
-        table[prefix] = (
+        row = (
             rate_id,
             shared.setdefault(per_minute, per_minute),
             shared.setdefault(connect_fee, connect_fee),
             initial,
             increment,
+            free,
         )
+        if since is None:
+            table[prefix] = row
+        else:
+            dated.setdefault(prefix, []).append((since.timestamp(), row))
+    for prefix, rates in dated.items():
+        undated = table.get(prefix)
+        rates.sort(key=lambda r: -r[0])
+        if undated is not None:
+            rates.append((float("-inf"), undated))  # type: ignore[arg-type]
+        table[prefix] = rates
     return table

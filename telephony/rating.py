@@ -61,11 +61,21 @@ def prefixes(e164_number: str) -> list[str]:
     return [digits[:n] for n in range(min(len(digits), 15), 0, -1)]
 
 
-def billed_seconds(*, answered: bool, connected: Decimal, initial: int, increment: int) -> int:
-    """0 if unanswered, else initial + max(0, ceil((connected - initial) / increment)) * incr."""
+def billed_seconds(
+    *, answered: bool, connected: Decimal, initial: int, increment: int, free: int = 0
+) -> int:
+    """The seconds charged: after ``free`` seconds, the initial block and whole increments.
+
+    0 if unanswered or not longer than the free seconds (ASTPP's included seconds: such a
+    call costs nothing, connect fee included); else initial + ceil((rest - initial) /
+    increment) * increment of the rest.
+    """
     if not answered:
         return 0
-    extra = max(Decimal(0), Decimal(connected) - initial)
+    rest = Decimal(connected) - free
+    if free and rest <= 0:
+        return 0
+    extra = max(Decimal(0), rest - initial)
     return initial + math.ceil(extra / increment) * increment
 
 
@@ -77,9 +87,18 @@ def cost(*, billed: int, per_minute: Decimal, connect_fee: Decimal) -> Decimal:
 
 
 def affordable_seconds(
-    *, hold: Decimal, per_minute: Decimal, connect_fee: Decimal, initial: int, increment: int
+    *,
+    hold: Decimal,
+    per_minute: Decimal,
+    connect_fee: Decimal,
+    initial: int,
+    increment: int,
+    free: int = 0,
 ) -> int:
-    """The longest call whose cost stays within ``hold``; 0 when not even the first block fits."""
+    """The longest call whose cost stays within ``hold``; 0 when not even the first block fits.
+
+    Free seconds come on top of what the hold pays for.
+    """
     first = (
         cost(billed=initial, per_minute=per_minute, connect_fee=connect_fee)
         if initial
@@ -98,4 +117,4 @@ def affordable_seconds(
         and cost(billed=seconds, per_minute=per_minute, connect_fee=connect_fee) > hold
     ):
         seconds -= increment
-    return min(seconds, MAX_CALL_SECONDS)
+    return min(seconds + free, MAX_CALL_SECONDS)

@@ -8,10 +8,8 @@ the rate chosen when the call began, and frees the rest. Both are safe to repeat
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import hmac
-import io
 import logging
 import re
 import secrets
@@ -19,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import phonenumbers
@@ -42,7 +40,8 @@ from panel.services import (
 )
 from panel.services.ledger import SOURCE_KEY, money
 from panel.tasking import enqueue_on_commit
-from telephony import pins, rating
+from telephony import decks, pins, rating
+from telephony.decks import DeckError
 from telephony.models import (
     ADMIN_ONLY_CLASSES,
     DEFAULT_ALLOWED,
@@ -51,6 +50,7 @@ from telephony.models import (
     CallRecord,
     CallState,
     Carrier,
+    DeckMapping,
     DeckState,
     Phone,
     PinLock,
@@ -333,200 +333,75 @@ def dial_string(trunk: Trunk, e164: str) -> str:
 
 # Rate decks -----------------------------------------------------------------------------------
 
-PRESETS: dict[str, dict[str, str]] = {
-    # field -> column header; "interval" means "initial/increment" in one column, like 60/60.
-    "standard": {
-        "prefix": "prefix",
-        "description": "destination",
-        "per_minute": "rate",
-        "interval": "increment",
-        "connect_fee": "connect_fee",
-    },
-    "a2billing": {
-        "prefix": "dialprefix",
-        "description": "destination",
-        "per_minute": "rateinitial",
-        "initial": "initblock",
-        "increment": "billingblock",
-        "connect_fee": "connectcharge",
-    },
-    "simple": {"prefix": "prefix", "description": "name", "per_minute": "price"},
+# The presets of files with a header, their columns by name: what scripts and the demo pass
+# to deck_upload. The staff pages start from decks.PRESETS and show a preview instead.
+PRESETS: dict[str, dict[str, Any]] = {
+    name: {
+        **preset.options,
+        "header": True,
+        "columns": {key: title for key, (title, _pos) in preset.columns.items() if title},
+    }
+    for name, preset in decks.PRESETS.items()
+    if preset.options.get("header", True)
 }
+DRAFT_HOURS = 24  # a deck uploaded and never imported is deleted after this
+CHUNK_BYTES = 1 << 20  # how much of a deck's file the import reads at a time
 
 
 def max_deck_bytes() -> int:
     return settings.PANEL_UPLOAD_MAX_MB * 1024 * 1024
 
 
-@dataclass(slots=True)
-class DeckRow:
-    line: int
-    prefix: str
-    description: str
-    per_minute: Decimal
-    connect_fee: Decimal
-    initial: int
-    increment: int
+def _detected(content: bytes) -> decks.Sniffed:
+    if len(content) > max_deck_bytes():
+        raise DeckError([f"the file is larger than {settings.PANEL_UPLOAD_MAX_MB} MB"])
+    if not content.strip():
+        raise DeckError(["the file is empty"])
+    return decks.sniff(content[: decks.HEAD_BYTES], decks.detect_encoding(content))
 
 
-class DeckError(TelephonyError):
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(errors[:10]))
+def _next_version(carrier: Carrier) -> int:
+    Carrier.objects.select_for_update().get(pk=carrier.pk)  # versions are numbered one at a time
+    return (RateDeck.objects.filter(carrier=carrier).aggregate(v=Max("version"))["v"] or 0) + 1
 
 
-def _decimal(text: str, what: str) -> Decimal:
-    cleaned = text.strip().replace(",", ".")
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
-        raise ValueError(f"{what} {text!r} is not a number") from None
-    if not value.is_finite() or value < 0 or value > 1000:
-        raise ValueError(f"{what} {text!r} is not between 0 and 1000")
-    # Up to six digits after the point settles it; quantize (slow) only for the rest, which
-    # may still be exact ("0.0100000").
-    point = cleaned.find(".")
-    long = (point >= 0 and len(cleaned) - point - 1 > 6) or "e" in cleaned.lower()
-    if long and value != value.quantize(rating.EXACT):
-        raise ValueError(f"{what} {text!r} has more than 6 decimal places")
-    return value
-
-
-def _seconds(text: str, what: str, *, allow_zero: bool) -> int:
-    if not text.strip().isdigit():
-        raise ValueError(f"{what} {text!r} is not a whole number of seconds")
-    value = int(text.strip())
-    if value > 3600 or (value == 0 and not allow_zero):
-        raise ValueError(f"{what} {value} is out of range")
-    return value
-
-
-def _records(reader: Any) -> Iterator[tuple[int, list[str]]]:
-    """(the line it begins on, its fields) for each record of a CSV reader.
-
-    A record is a line unless a quoted field runs over several; the csv module's own errors
-    (a field beyond its size limit after a stray quote, a NUL) become DeckErrors naming the
-    line the record began on, instead of escaping the import and leaving it running.
-    """
-    while True:
-        start = reader.line_num + 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise DeckError(
-                [f"line {start}: {exc} (is a quote opened here and never closed?)"]
-            ) from None
-        yield start, values
-
-
-def _deck_row(
-    line: int, values: list[str], index: dict[str, int], intervals: dict[str, tuple[int, int]]
-) -> DeckRow:
-    """One row of a deck, by the mapping's column indexes; ValueError says what is wrong."""
-    prefix = values[index["prefix"]].strip().lstrip("+").replace(" ", "")
-    if not prefix.isdigit() or not 1 <= len(prefix) <= 15 or prefix.startswith("0"):
-        raise ValueError(
-            f"prefix {values[index['prefix']]!r} is not 1 to 15 digits of an international number"
-        )
-    if "interval" in index:
-        text = values[index["interval"]]
-        known = intervals.get(text)  # a deck has a handful of different ones
-        if known is None:
-            parts = text.strip().split("/")
-            if len(parts) != 2:
-                raise ValueError(f"increment {text!r} is not like 60/60")
-            known = intervals[text] = (
-                _seconds(parts[0], "initial block", allow_zero=True),
-                _seconds(parts[1], "increment", allow_zero=False),
-            )
-        initial, increment = known
-    else:
-        initial = (
-            _seconds(values[index["initial"]], "initial block", allow_zero=True)
-            if "initial" in index
-            else 60
-        )
-        increment = (
-            _seconds(values[index["increment"]], "increment", allow_zero=False)
-            if "increment" in index
-            else 60
-        )
-    return DeckRow(
-        line=line,
-        prefix=prefix,
-        description=values[index["description"]].strip()[:200] if "description" in index else "",
-        per_minute=_decimal(values[index["per_minute"]], "rate"),
-        connect_fee=_decimal(values[index["connect_fee"]], "connect fee")
-        if "connect_fee" in index
-        else Decimal(0),
-        initial=initial,
-        increment=increment,
+def _deck_create(
+    *,
+    carrier: Carrier,
+    actor: User | None,
+    filename: str,
+    content: bytes,
+    effective_from: datetime,
+    mapping: decks.Mapping,
+    read_as: str,
+    draft: bool,
+) -> RateDeck:
+    deck = RateDeck.objects.create(
+        carrier=carrier,
+        version=None if draft else _next_version(carrier),
+        state=DeckState.DRAFT if draft else DeckState.IMPORTING,
+        effective_from=effective_from,
+        source_name=filename[:200],
+        source_sha256=hashlib.sha256(content).hexdigest(),
+        content=content,
+        mapping=mapping.to_json(),
+        read_as=read_as[:100],
+        uploaded_by=actor,
+        rows_total=content.count(b"\n") or content.count(b"\r"),
     )
-
-
-def parse_deck(content: bytes, mapping: dict[str, str]) -> list[DeckRow]:
-    """Every row of a deck, or DeckError listing every bad line (first 100) by number."""
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DeckError(["the file is not UTF-8 text"]) from None
-    try:
-        delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
-    except csv.Error:
-        delimiter = ","
-    # newline="": lines end at CRLF, LF or CR alone (exports from old Macs and from browsers
-    # on them), and line breaks inside quoted fields stay as they were written.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    records = _records(reader)
-    header = [h.strip().lower() for h in next(records, (1, []))[1]]
-    wanted = {k: v.lower() for k, v in mapping.items()}
-    missing = [column for column in wanted.values() if column not in header]
-    if missing or "prefix" not in wanted or "per_minute" not in wanted:
-        raise DeckError(
-            [f"line 1: missing column(s) {', '.join(missing) or 'prefix/rate'}; found {header}"]
-        )
-    index = {k: header.index(v) for k, v in wanted.items()}
-    rows: list[DeckRow] = []
-    errors: list[str] = []
-    seen: dict[str, int] = {}
-    intervals: dict[str, tuple[int, int]] = {}
-    try:
-        for line, values in records:
-            if not "".join(values).strip():
-                continue
-            if len(values) != len(header):
-                spans = (
-                    f" (a quoted field runs from line {line} to line {reader.line_num}: is a"
-                    " quote opened and never closed?)"
-                    if reader.line_num > line
-                    else ""
-                )
-                errors.append(
-                    f"line {line}: {len(values)} fields, the header has {len(header)}{spans}"
-                )
-                continue
-            try:
-                row = _deck_row(line, values, index, intervals)
-                if row.prefix in seen:
-                    raise ValueError(
-                        f"prefix {row.prefix} appears again (first on line {seen[row.prefix]})"
-                    )
-            except ValueError as exc:
-                errors.append(f"line {line}: {exc}")
-                continue
-            seen[row.prefix] = line
-            rows.append(row)
-    except DeckError as exc:
-        errors.extend(exc.errors)  # the reader cannot go on past it
-    if errors:
-        raise DeckError(
-            errors[:100] + ([f"… and {len(errors) - 100} more"] if len(errors) > 100 else [])
-        )
-    if not rows:
-        raise DeckError(["the deck has no rates"])
-    return rows
+    audit_record(
+        actor=actor,
+        action="rate_deck.uploaded",
+        obj=deck,
+        owner=None,
+        after={
+            "version": deck.version,
+            "file": filename,
+            "sha256": deck.source_sha256,
+            "state": deck.state,
+        },
+    )
+    return deck
 
 
 @transaction.atomic
@@ -536,41 +411,29 @@ def deck_upload(
     actor: User | None,
     filename: str,
     content: bytes,
-    mapping: dict[str, str],
+    mapping: dict[str, Any],
     effective_from: datetime,
 ) -> RateDeck:
-    if len(content) > max_deck_bytes():
-        raise DeckError([f"the file is larger than {settings.PANEL_UPLOAD_MAX_MB} MB"])
-    unknown = set(mapping) - {
-        "prefix",
-        "description",
-        "per_minute",
-        "connect_fee",
-        "initial",
-        "increment",
-        "interval",
-    }
-    if unknown:
-        raise DeckError([f"unknown mapping fields {sorted(unknown)}"])
-    Carrier.objects.select_for_update().get(pk=carrier.pk)  # versions are numbered one at a time
-    version = (RateDeck.objects.filter(carrier=carrier).aggregate(v=Max("version"))["v"] or 0) + 1
-    deck = RateDeck.objects.create(
-        carrier=carrier,
-        version=version,
-        effective_from=effective_from,
-        source_name=filename[:200],
-        source_sha256=hashlib.sha256(content).hexdigest(),
-        content=content,
-        mapping=mapping,
-        uploaded_by=actor,
-        rows_total=content.count(b"\n"),
+    """Store a deck and import it with ``mapping``, without a preview (scripts, the demo).
+
+    What the mapping leaves out (delimiter, encoding, header) is detected from the file.
+    """
+    sniffed = _detected(content)
+    found = decks.Mapping.from_json(
+        mapping,
+        defaults=decks.Mapping(
+            delimiter=sniffed.delimiter, encoding=sniffed.encoding, header=sniffed.header
+        ),
     )
-    audit_record(
+    deck = _deck_create(
+        carrier=carrier,
         actor=actor,
-        action="rate_deck.uploaded",
-        obj=deck,
-        owner=None,
-        after={"version": version, "file": filename, "sha256": deck.source_sha256},
+        filename=filename,
+        content=content,
+        effective_from=effective_from,
+        mapping=found,
+        read_as="",
+        draft=False,
     )
     from telephony.tasks import import_deck
 
@@ -578,20 +441,221 @@ def deck_upload(
     return deck
 
 
+@transaction.atomic
+def deck_draft(
+    *,
+    carrier: Carrier,
+    actor: User,
+    filename: str,
+    content: bytes,
+    effective_from: datetime,
+    start: str = "",
+) -> RateDeck:
+    """Store an upload for its preview, read as ``start`` says or as detected.
+
+    ``start`` is ``preset:NAME``, ``saved:ID`` (a mapping saved for this carrier) or empty:
+    then the carrier's last saved mapping if its columns fit the file, else the preset or
+    the header names that fit it best.
+    """
+    sniffed = _detected(content)
+    saved = None
+    if start.startswith("saved:") and start[6:].isdigit():
+        saved = DeckMapping.objects.filter(pk=int(start[6:]), carrier=carrier).first()
+        if saved is None:
+            raise TelephonyError(f"that saved mapping is not one of {carrier}'s")
+    elif start.startswith("preset:"):
+        if start[7:] not in decks.PRESETS:
+            raise TelephonyError(f"no preset {start[7:]!r}")
+        mapping, read_as = decks.preset_mapping(start[7:], sniffed), start[7:]
+    elif start:
+        raise TelephonyError(f"no way to read a deck called {start!r}")
+    else:
+        saved = next(
+            (s for s in carrier.mappings.order_by("-updated_at") if _fits(s, sniffed)), None
+        )
+        if saved is None:
+            read_as, mapping = decks.guess_mapping(sniffed)
+    if saved is not None:
+        mapping = _saved_mapping(saved, sniffed)
+        read_as = saved.name
+    return _deck_create(
+        carrier=carrier,
+        actor=actor,
+        filename=filename,
+        content=content,
+        effective_from=effective_from,
+        mapping=mapping,
+        read_as=read_as,
+        draft=True,
+    )
+
+
+def _saved_mapping(saved: DeckMapping, sniffed: decks.Sniffed) -> decks.Mapping:
+    """A saved mapping for a new file: its columns and options, the file's own encoding.
+
+    Next month's file may come with a byte order mark or from another PC; the columns do
+    not change with that, and the encoding is known from the whole file.
+    """
+    mapping = decks.Mapping.from_json(saved.mapping)
+    mapping.encoding = sniffed.encoding
+    return mapping
+
+
+def _fits(saved: DeckMapping, sniffed: decks.Sniffed) -> bool:
+    try:
+        mapping = _saved_mapping(saved, sniffed)
+    except DeckError:
+        return False
+    if mapping.delimiter != sniffed.delimiter or mapping.header != sniffed.header:
+        return False
+    positions = [c for c in mapping.columns.values() if isinstance(c, int)]
+    return max(positions, default=0) < sniffed.width
+
+
+def deck_head(deck: RateDeck) -> bytes:
+    """The first part of a deck's file: what the preview reads (not all of a 40 MB file)."""
+    return next(_content_chunks(deck.pk, size=decks.HEAD_BYTES), b"")
+
+
+def deck_preview(*, deck: RateDeck, mapping: decks.Mapping) -> decks.Preview:
+    return decks.preview(deck_head(deck), mapping)
+
+
+@transaction.atomic
+def deck_confirm(
+    *, deck_id: int, actor: User, mapping: decks.Mapping, save_as: str = ""
+) -> RateDeck:
+    """Import a previewed deck as mapped; the mapping saved under ``save_as`` if named."""
+    deck = RateDeck.objects.defer("content").select_related("carrier").get(pk=deck_id)
+    version = _next_version(deck.carrier)
+    started = RateDeck.objects.filter(pk=deck_id, state=DeckState.DRAFT).update(
+        state=DeckState.IMPORTING,
+        version=version,
+        mapping=mapping.to_json(),
+        read_as=(save_as or deck.read_as)[:100],
+        queued_at=timezone.now(),
+    )
+    if not started:
+        raise TelephonyError(f"{deck} is {deck.state}: it was imported or discarded already")
+    deck.refresh_from_db(fields=["state", "version", "mapping", "read_as"])
+    if save_as:
+        deck_mapping_save(carrier=deck.carrier, actor=actor, name=save_as, mapping=mapping)
+    audit_record(
+        actor=actor,
+        action="rate_deck.import_started",
+        obj=deck,
+        owner=None,
+        before={"state": DeckState.DRAFT},
+        after={"state": deck.state, "version": version, "mapping": deck.mapping},
+    )
+    from telephony.tasks import import_deck
+
+    enqueue_on_commit(import_deck, deck.pk)
+    return deck
+
+
+@transaction.atomic
+def deck_mapping_save(
+    *, carrier: Carrier, actor: User, name: str, mapping: decks.Mapping
+) -> DeckMapping:
+    """Save (or replace) a carrier's mapping under a name, for its next decks."""
+    name = name.strip()[:100]
+    if not name:
+        raise TelephonyError("a saved mapping needs a name")
+    saved, created = DeckMapping.objects.select_for_update().get_or_create(
+        carrier=carrier,
+        name=name,
+        defaults={"mapping": mapping.to_json(), "updated_by": actor},
+    )
+    before = None if created else saved.mapping
+    if not created:
+        DeckMapping.objects.filter(pk=saved.pk).update(
+            mapping=mapping.to_json(), updated_by=actor, updated_at=timezone.now()
+        )
+    audit_record(
+        actor=actor,
+        action="deck_mapping.saved",
+        obj=saved,
+        owner=None,
+        before=before,
+        after=mapping.to_json(),
+    )
+    return saved
+
+
+@transaction.atomic
+def deck_discard(*, deck_id: int, actor: User) -> bool:
+    """Delete an upload that was never imported."""
+    deck = RateDeck.objects.defer("content").filter(pk=deck_id, state=DeckState.DRAFT).first()
+    if deck is None or not RateDeck.objects.filter(pk=deck_id, state=DeckState.DRAFT).delete()[0]:
+        return False
+    audit_record(
+        actor=actor,
+        action="rate_deck.discarded",
+        obj=deck,
+        owner=None,
+        before={"file": deck.source_name, "state": DeckState.DRAFT},
+    )
+    return True
+
+
+def _content_chunks(deck_id: int, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """A deck's file in slices read from the database, so that it is never all in memory.
+
+    Each slice is a query of its own; the import asks for the next one between its COPY
+    statements (a connection in COPY answers nothing else).
+    """
+    function = "substring" if connection.vendor == "postgresql" else "substr"
+    sql = f"SELECT {function}(content, %s, %s) FROM telephony_ratedeck WHERE id = %s"  # noqa: S608
+    offset = 1
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [offset, size, deck_id])
+            row = cursor.fetchone()
+        chunk = bytes(row[0]) if row and row[0] is not None else b""
+        if not chunk:
+            return
+        yield chunk
+        offset += len(chunk)
+
+
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_lines(deck_id: int, rows: list[DeckRow]) -> bytes:
+def _copy_lines(deck: RateDeck, rows: list[decks.DeckRow]) -> bytes:
     """Rows in COPY's text format: tab-separated, backslash, tab and line breaks escaped.
 
-    Prefixes are digits and the numbers were parsed by parse_deck; only the description is
+    Prefixes are digits and the numbers were parsed by the reader; only the description is
     the carrier's text, and it is escaped.
     """
-    return "".join(
-        f"{deck_id}\t{r.prefix}\t{r.description.translate(_COPY_ESCAPES)}\t{r.per_minute}\t"
-        f"{r.connect_fee}\t{r.initial}\t{r.increment}\n"
-        for r in rows
-    ).encode()
+    lines = []
+    for r in rows:
+        since = _row_from(deck, r)
+        lines.append(
+            f"{deck.pk}\t{r.prefix}\t{r.description.translate(_COPY_ESCAPES)}\t{r.per_minute}\t"
+            f"{r.connect_fee}\t{r.initial}\t{r.increment}\t{r.free}\t"
+            f"{since.isoformat() if since else _NULL}\n"
+        )
+    return "".join(lines).encode()
+
+
+_NULL = "\\N"
+
+
+def _row_from(deck: RateDeck, row: decks.DeckRow) -> datetime | None:
+    """A row's own effective date, if later than the deck's (earlier ones change nothing)."""
+    return row.effective if row.effective and row.effective > deck.effective_from else None
+
+
+def _batches(rows: Iterator[decks.DeckRow], size: int) -> Iterator[list[decks.DeckRow]]:
+    batch: list[decks.DeckRow] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def deck_import(*, deck_id: int) -> RateDeck:
@@ -601,7 +665,7 @@ def deck_import(*, deck_id: int) -> RateDeck:
     anything else with what it was), never "importing" for good; the file is kept, so that
     a failed import can be retried (deck_retry).
     """
-    deck = RateDeck.objects.get(pk=deck_id)
+    deck = RateDeck.objects.defer("content").get(pk=deck_id)
     if deck.state != DeckState.IMPORTING:
         return deck
     try:
@@ -628,10 +692,11 @@ def fail_stale_deck_imports(*, now: datetime | None = None) -> int:
 
     A worker killed mid-import (or its message lost) leaves the deck "importing", and the
     staff page polling it, for good. The import itself is one transaction, so nothing of it
-    is half there; the deck can be retried.
+    is half there; the deck can be retried. Uploads left unmapped for a day are deleted.
     """
+    now = now or timezone.now()
     minutes = settings.TELEPHONY_DECK_IMPORT_TIMEOUT_MINUTES
-    cutoff = (now or timezone.now()) - timedelta(minutes=minutes)
+    cutoff = now - timedelta(minutes=minutes)
     failed = 0
     for deck in RateDeck.objects.filter(state=DeckState.IMPORTING, queued_at__lt=cutoff).only("pk"):
         reason = f"the import did not finish within {minutes} minutes (its worker stopped?)"
@@ -644,6 +709,20 @@ def fail_stale_deck_imports(*, now: datetime | None = None) -> int:
                 after={"state": DeckState.FAILED},
             )
             failed += 1
+    stale = now - timedelta(hours=DRAFT_HOURS)
+    for deck in (
+        RateDeck.objects.filter(state=DeckState.DRAFT, created_at__lt=stale)
+        .select_related("carrier")
+        .only("pk", "source_name", "version", "carrier__name")
+    ):
+        if RateDeck.objects.filter(pk=deck.pk, state=DeckState.DRAFT).delete()[0]:
+            audit_record(
+                actor=None,
+                action="rate_deck.discarded",
+                obj=deck,
+                owner=None,
+                before={"file": deck.source_name, "state": DeckState.DRAFT},
+            )
     return failed
 
 
@@ -670,50 +749,88 @@ def deck_retry(*, deck_id: int, actor: User) -> RateDeck:
     return deck
 
 
+_RATE_COLUMNS = (
+    "deck_id, prefix, description, per_minute, connect_fee, initial_seconds, increment_seconds, "
+    "free_seconds, effective_from"
+)
+
+
 def _deck_insert(deck: RateDeck) -> None:
-    rows = parse_deck(bytes(deck.content or b""), deck.mapping)
-    RateDeck.objects.filter(pk=deck.pk).update(rows_total=len(rows), rows_done=0)
-    with transaction.atomic():
-        locked = RateDeck.objects.select_for_update().get(pk=deck.pk)
-        if locked.state != DeckState.IMPORTING or Rate.objects.filter(deck=deck).exists():
-            return
-        if connection.vendor == "postgresql":
-            with (
-                connection.cursor() as cursor,
-                cursor.cursor.copy(
-                    "COPY telephony_rate (deck_id, prefix, description, per_minute, connect_fee, "
-                    "initial_seconds, increment_seconds) FROM STDIN"
-                ) as copy,
-            ):
-                # COPY's text format written directly: psycopg's write_row adapts each value
-                # in Python, which took longer than the database took to store the rows.
-                for start in range(0, len(rows), 10_000):
-                    copy.write(_copy_lines(deck.pk, rows[start : start + 10_000]))
-        else:
-            Rate.objects.bulk_create(
-                [
-                    Rate(
-                        deck=deck,
-                        prefix=r.prefix,
-                        description=r.description,
-                        per_minute=r.per_minute,
-                        connect_fee=r.connect_fee,
-                        initial_seconds=r.initial,
-                        increment_seconds=r.increment,
+    mapping = decks.Mapping.from_json(deck.mapping)
+    reader = decks.Reader(mapping)
+    inserted = 0
+    try:
+        with transaction.atomic():
+            locked = RateDeck.objects.select_for_update().defer("content").get(pk=deck.pk)
+            if locked.state != DeckState.IMPORTING or Rate.objects.filter(deck=deck).exists():
+                return
+            batches = _batches(reader.rows(_content_chunks(deck.pk)), 10_000)
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    for batch in batches:  # the next slice of the file is read between COPYs
+                        if reader.error_count:
+                            continue  # nothing more is written; the rest is read for errors
+                        # COPY's text format written directly: psycopg's write_row adapts each
+                        # value in Python, which took longer than the database took to store.
+                        with cursor.cursor.copy(
+                            f"COPY telephony_rate ({_RATE_COLUMNS}) FROM STDIN"
+                        ) as copy:
+                            copy.write(_copy_lines(deck, batch))
+                        inserted += len(batch)
+            else:
+                for batch in batches:
+                    if reader.error_count:
+                        continue
+                    Rate.objects.bulk_create(
+                        [
+                            Rate(
+                                deck=deck,
+                                prefix=r.prefix,
+                                description=r.description,
+                                per_minute=r.per_minute,
+                                connect_fee=r.connect_fee,
+                                initial_seconds=r.initial,
+                                increment_seconds=r.increment,
+                                free_seconds=r.free,
+                                effective_from=_row_from(deck, r),
+                            )
+                            for r in batch
+                        ],
+                        batch_size=2000,
                     )
-                    for r in rows
-                ],
-                batch_size=2000,
+                    inserted += len(batch)
+            if reader.error_count:
+                # Repeated prefixes too, with the rest (the database found none of them: it
+                # was given nothing once a line was bad).
+                found = decks.duplicates(_content_chunks(deck.pk), mapping)
+                raise DeckError(decks.with_duplicates(reader.summary(), found))
+            RateDeck.objects.filter(pk=deck.pk).update(
+                state=DeckState.READY, rows_total=inserted, rows_done=inserted, content=None
             )
-        RateDeck.objects.filter(pk=deck.pk).update(
-            state=DeckState.READY, rows_done=len(rows), content=None
-        )
+    except Exception as exc:
+        if not _repeated_prefix(exc):
+            raise
+        raise DeckError(
+            decks.duplicates(_content_chunks(deck.pk), mapping)
+            or [f"a prefix appears twice ({exc})"]
+        ) from None
     if connection.vendor == "postgresql":
         # Fresh statistics for the planner: with none, it took the new deck for a few rows
         # and found the longest prefix by filtering all of them (2 ms per call setup at
         # 20,000 rates, 20 ms at 200,000) instead of probing the (deck, prefix) index.
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE telephony_rate")
+
+
+def _repeated_prefix(exc: Exception) -> bool:
+    """Whether the database refused a rate for its prefix being there already."""
+    if isinstance(exc, IntegrityError):
+        return True
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        return isinstance(exc, psycopg.errors.UniqueViolation)
+    return False
 
 
 def deck_in_force(carrier: Carrier, at: datetime | None = None) -> RateDeck | None:
@@ -804,7 +921,8 @@ _LONGEST_PREFIX = """
     SELECT {columns} FROM telephony_rate
     WHERE deck_id = %s
       AND prefix IN (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-    ORDER BY length(prefix) DESC LIMIT 1"""
+      AND (effective_from IS NULL OR effective_from <= %s)
+    ORDER BY length(prefix) DESC, effective_from DESC NULLS LAST LIMIT 1"""
 
 
 def _rate_for_sql() -> str:
@@ -815,18 +933,22 @@ def _rate_for_sql() -> str:
     )
 
 
-def rate_for(deck: RateDeck, e164: str) -> Rate | None:
-    """The longest matching prefix of the deck (one indexed lookup over ≤ 15 keys).
+def rate_for(deck: RateDeck, e164: str, at: datetime | None = None) -> Rate | None:
+    """The longest matching prefix of the deck in force ``at`` (one indexed lookup, ≤ 15 keys).
 
-    In SQL of its own: on every call setup, the ORM's building of the query took longer than
-    the database's answer.
+    A rate whose row names a later moment is not used before it; of one prefix's rates in
+    force, the latest. In SQL of its own: on every call setup, the ORM's building of the
+    query took longer than the database's answer.
     """
     keys = rating.prefixes(e164)
     if not keys:
         return None
     # Always 15 keys (the shortest repeated), so that the statement is one constant text.
     with bound_cursor() as cursor:
-        cursor.execute(_rate_for_sql(), [deck.pk, *keys, *keys[-1:] * (15 - len(keys))])
+        cursor.execute(
+            _rate_for_sql(),
+            [deck.pk, *keys, *keys[-1:] * (15 - len(keys)), at or timezone.now()],
+        )
         row = cursor.fetchone()
     return None if row is None else _instances([Rate], row)[0]
 
@@ -1161,6 +1283,7 @@ def _routes(amount: Decimal, dest: Destination) -> list[dict[str, Any]]:
             connect_fee=rate.connect_fee,
             initial=rate.initial_seconds,
             increment=rate.increment_seconds,
+            free=rate.free_seconds,
         )
         if seconds <= 0:
             continue
@@ -1173,6 +1296,7 @@ def _routes(amount: Decimal, dest: Destination) -> list[dict[str, Any]]:
                 "connect_fee": str(rate.connect_fee),
                 "initial": rate.initial_seconds,
                 "increment": rate.increment_seconds,
+                "free": rate.free_seconds,
                 "limit": seconds,
                 "dial": dial_string(trunk, dest.e164),
                 "label": f"{trunk.carrier.name} v{deck.version if deck else '?'} +{rate.prefix}",
@@ -1272,6 +1396,7 @@ def _call_record(
         connect_fee=rate.connect_fee,
         initial_seconds=rate.initial_seconds,
         increment_seconds=rate.increment_seconds,
+        free_seconds=rate.free_seconds,
         trunk=trunk,
         hold_key=f"call:{uniqueid}",
         routes=found,
@@ -1495,6 +1620,7 @@ def call_settle(
         connected=connected,
         initial=carried["initial"],
         increment=carried["increment"],
+        free=carried.get("free", 0),  # calls set up before rates had free seconds have none
     )
     amount = rating.cost(
         billed=billed,
@@ -1516,6 +1642,7 @@ def call_settle(
         "connect_fee": Decimal(carried["connect_fee"]),
         "initial_seconds": carried["initial"],
         "increment_seconds": carried["increment"],
+        "free_seconds": carried.get("free", 0),
         "limit_seconds": carried["limit"],
         "settled_by": settled_by,
     }
@@ -1576,6 +1703,7 @@ def _route_of(call: CallRecord, route: int) -> dict[str, Any]:
         "connect_fee": str(call.connect_fee),
         "initial": call.initial_seconds,
         "increment": call.increment_seconds,
+        "free": call.free_seconds,
         "limit": call.limit_seconds,
         "label": "",
     }
@@ -1616,9 +1744,10 @@ def _rate_label(call: CallRecord, carried: dict[str, Any], billed: int) -> str:
         if call.deck_id
         else "None +?"
     )
+    free = f", first {carried['free']}s free" if carried.get("free") else ""
     return (
         f"{where}: {carried['per_minute']}/min, {carried['connect_fee']} connect, "
-        f"{carried['initial']}/{carried['increment']}s, {billed}s to {call.destination}"
+        f"{carried['initial']}/{carried['increment']}s{free}, {billed}s to {call.destination}"
     )
 
 

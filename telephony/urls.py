@@ -11,6 +11,7 @@ urlpatterns = [
     path("pin/unlock/", views.pin_unlock, name="pin_unlock"),
     path("plan/", views.plan, name="plan"),
     path("staff/decks/", views.staff_decks, name="staff_decks"),
+    path("staff/decks/<int:pk>/mapping/", views.staff_deck_mapping, name="staff_deck_mapping"),
     path("staff/decks/<int:pk>/retry/", views.staff_deck_retry, name="staff_deck_retry"),
     path("staff/live/", views.staff_live, name="staff_live"),
 ]

@@ -16,12 +16,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from panel.access import member_required, permission_required
 from panel.selectors.ledger import balance_of
 from panel.views.core import _user
-from telephony import rating, selectors, services
-from telephony.forms import DeckForm, PhoneForm, PinForm, PlanForm, QuoteForm
+from telephony import decks, rating, selectors, services
+from telephony.forms import DeckForm, MappingForm, PhoneForm, PinForm, PlanForm, QuoteForm
 from telephony.models import (
     ADMIN_ONLY_CLASSES,
     AccessNumber,
     CallRecord,
+    DeckState,
     Phone,
     RateDeck,
 )
@@ -146,28 +147,99 @@ def staff_decks(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         try:
-            services.deck_upload(
+            deck = services.deck_draft(
                 carrier=form.cleaned_data["carrier"],
                 actor=_user(request),
                 filename=upload.name,
                 content=upload.read(),
-                mapping=services.PRESETS[form.cleaned_data["preset"]],
                 effective_from=form.cleaned_data["effective_from"],
+                start=form.cleaned_data["read_as"],
             )
-        except services.TelephonyError as exc:
+        except (services.TelephonyError, decks.DeckError) as exc:
             form.add_error("file", str(exc))
         else:
-            return redirect("telephony:staff_decks")
-    decks = (
+            return redirect("telephony:staff_deck_mapping", pk=deck.pk)
+    decks_shown = (
         RateDeck.objects.select_related("carrier")
         .defer("content")
         .annotate(file_kept=Q(content__isnull=False))[:50]
     )
-    busy = any(d.state == "importing" for d in decks)
+    busy = any(d.state == DeckState.IMPORTING for d in decks_shown)
     template = (
         "telephony/_decks.html" if getattr(request, "htmx", False) else "telephony/staff_decks.html"
     )
-    return render(request, template, {"form": form, "decks": decks, "busy": busy})
+    return render(
+        request,
+        template,
+        {"form": form, "decks": decks_shown, "busy": busy},
+        status=422 if form.errors else 200,
+    )
+
+
+def _layout(data: Any, stored: decks.Mapping) -> decks.Mapping:
+    """The file's layout as the form has it (each value from its allowlist), no columns yet."""
+    return decks.Mapping(
+        delimiter=data.get("delimiter")
+        if data.get("delimiter") in decks.DELIMITERS
+        else stored.delimiter,
+        encoding=data.get("encoding")
+        if data.get("encoding") in decks.ENCODINGS
+        else stored.encoding,
+        header=bool(data.get("header")),
+    )
+
+
+@permission_required("telephony.add_ratedeck")
+@require_http_methods(["GET", "POST"])
+def staff_deck_mapping(request: HttpRequest, pk: int) -> HttpResponse:
+    """An uploaded deck's preview: its layout and columns, changed until they read right."""
+    deck = get_object_or_404(RateDeck.objects.defer("content").select_related("carrier"), pk=pk)
+    if deck.state != DeckState.DRAFT:
+        return redirect("telephony:staff_decks")
+    if request.method == "POST" and request.POST.get("action") == "discard":
+        services.deck_discard(deck_id=deck.pk, actor=_user(request))
+        messages.success(request, _("The upload is discarded."))
+        return redirect("telephony:staff_decks")
+    head = services.deck_head(deck)
+    stored = decks.Mapping.from_json(deck.mapping)
+    data = request.POST if request.method == "POST" else (request.GET or None)
+    if data is None:
+        shown = decks.preview(head, stored)
+        form = MappingForm(
+            initial=MappingForm.initial_from(stored, shown.index), columns=shown.columns
+        )
+    else:
+        layout = decks.preview(head, _layout(data, stored))
+        form = MappingForm(data, columns=layout.columns)
+        shown = decks.preview(head, form.mapping()) if form.is_valid() else layout
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.deck_confirm(
+                deck_id=deck.pk,
+                actor=_user(request),
+                mapping=form.mapping(),
+                save_as=form.cleaned_data["save_as"],
+            )
+        except (services.TelephonyError, decks.DeckError) as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, _("The deck is being imported."))
+            return redirect("telephony:staff_decks")
+    context = {
+        "deck": deck,
+        "form": form,
+        "preview": shown,
+        "fields": [(k, label, form[f"column_{k}"]) for k, label in decks.FIELDS.items()],
+        "encoding": decks.ENCODINGS.get(shown.mapping.encoding, shown.mapping.encoding),
+        "delimiter": decks.DELIMITERS.get(shown.mapping.delimiter, ""),
+        "detected": shown.sniffed,
+    }
+    template = (
+        "telephony/_deck_preview.html"
+        if getattr(request, "htmx", False)
+        else "telephony/staff_deck_mapping.html"
+    )
+    return render(request, template, context, status=422 if form.errors else 200)
 
 
 @permission_required("telephony.add_ratedeck")

@@ -86,6 +86,7 @@ STAFF_ONLY = {
     "provisioning:staff_failed_jobs",
     "telephony:staff_decks",
     "telephony:staff_deck_retry",
+    "telephony:staff_deck_mapping",
     "telephony:staff_live",
     "newsletters:staff_outbox",
     "newsletters:staff_domains",
@@ -112,6 +113,7 @@ ARGS: dict[str, list[object]] = {
     "provisioning:key_remove": [1],
     "telephony:phone_remove": [1],
     "telephony:staff_deck_retry": [1],
+    "telephony:staff_deck_mapping": [1],
     **{
         f"newsletters:{name}": [1]
         for name in (

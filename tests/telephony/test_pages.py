@@ -85,23 +85,43 @@ def test_members_see_rates_and_costs_with_the_decimals_they_are_billed_at(
     assert "0.001491" in page  # its cost, as billed
 
 
-def test_staff_upload_a_deck_and_follow_the_import(
+def test_staff_upload_a_deck_preview_it_and_follow_the_import(
     client, carol, carrier, django_capture_on_commit_callbacks
 ):
     client.force_login(carol)
     upload = SimpleUploadedFile("v2.csv", b"prefix,name,price\n49,Germany,0.02\n")
+    response = client.post(
+        reverse("telephony:staff_decks"),
+        {
+            "carrier": carrier.pk,
+            "file": upload,
+            "read_as": "preset:simple",
+            "effective_from": (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
+        },
+    )
+    draft = RateDeck.objects.get(source_name="v2.csv")
+    assert response.status_code == 302
+    assert response["Location"] == reverse("telephony:staff_deck_mapping", args=[draft.pk])
+    page = client.get(response["Location"]).content.decode()
+    assert "+49 Germany: 0.020000/min" in page  # the first row, as the import will read it
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
-            reverse("telephony:staff_decks"),
+            reverse("telephony:staff_deck_mapping", args=[draft.pk]),
             {
-                "carrier": carrier.pk,
-                "file": upload,
-                "preset": "simple",
-                "effective_from": (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
+                "action": "import",
+                "delimiter": ",",
+                "encoding": "utf-8",
+                "header": "on",
+                "date_format": "%Y-%m-%d",
+                "max_prefixes": "100",
+                "column_prefix": "0",
+                "column_description": "1",
+                "column_per_minute": "2",
             },
         )
     assert response.status_code == 302
-    assert RateDeck.objects.get(version=2).state == "ready"
+    deck = RateDeck.objects.get(pk=draft.pk)
+    assert (deck.state, deck.version) == ("ready", 2)
     assert "v2.csv" in client.get(reverse("telephony:staff_decks")).content.decode()
 
 
@@ -118,10 +138,10 @@ def test_the_deck_page_says_the_upload_limit_and_the_panel_keeps_it(
         {
             "carrier": carrier.pk,
             "file": SimpleUploadedFile("big.csv", big),
-            "preset": "simple",
+            "read_as": "preset:simple",
             "effective_from": (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
         },
     )
-    assert response.status_code == 200
+    assert response.status_code == 422
     assert "the file is larger than 1 MB" in response.content.decode()
     assert not RateDeck.objects.filter(source_name="big.csv").exists()

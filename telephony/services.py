@@ -22,7 +22,14 @@ from typing import Any
 
 import phonenumbers
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import Max, Model, Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -755,19 +762,73 @@ _RATE_COLUMNS = (
 )
 
 
+class _Progress:
+    """The lines read so far, written to the deck for the staff page from a connection of its
+    own (the import's transaction shows nothing until it commits); PostgreSQL only.
+
+    SQLite (the demo) has one writer at a time: a second connection would wait for the
+    import to end, and the import for it.
+    """
+
+    EVERY = 50_000
+
+    def __init__(self, deck_id: int) -> None:
+        self.deck_id = deck_id
+        self.shown = 0
+        self.db = (
+            connections.create_connection(DEFAULT_DB_ALIAS)
+            if connection.vendor == "postgresql"
+            else None
+        )
+
+    def __call__(self, lines: int) -> None:
+        if self.db is None or lines - self.shown < self.EVERY:
+            return
+        self.shown = lines
+        try:
+            with self.db.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE telephony_ratedeck SET rows_done = %s WHERE id = %s AND state = %s",
+                    [lines, self.deck_id, DeckState.IMPORTING],
+                )
+        except DatabaseError:
+            log.warning("rate deck %s: progress not written", self.deck_id, exc_info=True)
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+# Two imports of one deck (a message delivered twice) take turns on this lock, not on the
+# deck's row: the row takes the progress while the import runs.
+_DECK_LOCK = "SELECT pg_advisory_xact_lock(hashtext('telephony.deck_import'), %s)"
+
+
 def _deck_insert(deck: RateDeck) -> None:
+    progress = _Progress(deck.pk)
+    try:
+        _deck_copy(deck, progress)
+    finally:
+        progress.close()
+
+
+def _deck_copy(deck: RateDeck, progress: _Progress) -> None:
     mapping = decks.Mapping.from_json(deck.mapping)
     reader = decks.Reader(mapping)
     inserted = 0
     try:
         with transaction.atomic():
-            locked = RateDeck.objects.select_for_update().defer("content").get(pk=deck.pk)
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(_DECK_LOCK, [deck.pk])
+            locked = RateDeck.objects.defer("content").get(pk=deck.pk)
             if locked.state != DeckState.IMPORTING or Rate.objects.filter(deck=deck).exists():
                 return
             batches = _batches(reader.rows(_content_chunks(deck.pk)), 10_000)
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
                     for batch in batches:  # the next slice of the file is read between COPYs
+                        progress(reader.lines)
                         if reader.error_count:
                             continue  # nothing more is written; the rest is read for errors
                         # COPY's text format written directly: psycopg's write_row adapts each

@@ -289,3 +289,41 @@ def test_a_call_within_its_free_seconds_costs_nothing_and_keeps_its_rule(
     quote = services.quote(digits="030123456", region="DE")
     assert quote.rate is not None
     assert quote.rate.free_seconds == 30
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_staff_page_sees_an_import_progress_and_a_second_import_waits(carrier, carol):
+    """The lines read so far reach the deck while its rates are still uncommitted."""
+    lines = [b"prefix,destination,rate,increment,connect_fee"]
+    lines += [b"%d,Berlin %d,0.01,60/60,0" % (4930000 + n, n) for n in range(400_000)]
+    deck = services.deck_draft(
+        carrier=carrier,
+        actor=carol,
+        filename="big.csv",
+        content=b"\n".join(lines) + b"\n",
+        effective_from=timezone.now(),
+    )
+    # As deck_confirm leaves it, without the import it hands to a worker (here: two threads).
+    RateDeck.objects.filter(pk=deck.pk).update(state=DeckState.IMPORTING, version=2)
+    results: list[Any] = []
+
+    def run() -> None:
+        try:
+            results.append(services.deck_import(deck_id=deck.pk).state)
+        finally:
+            connection.close()
+
+    import threading
+
+    workers = [threading.Thread(target=run) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    seen = set()
+    while any(w.is_alive() for w in workers):
+        seen.add(RateDeck.objects.values_list("rows_done", flat=True).get(pk=deck.pk))
+    for worker in workers:
+        worker.join()
+    assert sorted(results) == [DeckState.READY, DeckState.READY]
+    assert any(0 < n < 400_000 for n in seen), seen
+    assert Rate.objects.filter(deck=deck).count() == 400_000
+    connection.close()

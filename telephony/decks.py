@@ -40,6 +40,7 @@ DELIMITERS: dict[str, Any] = {",": _("comma"), ";": _("semicolon"), "|": _("pipe
 ENCODINGS: dict[str, Any] = {
     "utf-8": _("UTF-8"),
     "utf-8-sig": _("UTF-8 with byte order mark"),
+    "utf-16": _("UTF-16 (Excel's Unicode text)"),
     "cp1252": _("Windows-1252"),
     "latin-1": _("Latin-1"),
 }
@@ -352,6 +353,8 @@ def detect_encoding(content: bytes) -> str:
     """
     if content.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
+    if content.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
     try:
         content.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -365,12 +368,12 @@ def detect_encoding(content: bytes) -> str:
     return "utf-8"
 
 
-def line_ending(head: bytes) -> str:
-    if b"\r\n" in head:
+def line_ending(text: str) -> str:
+    if "\r\n" in text:
         return "CRLF"
-    if b"\n" in head:
+    if "\n" in text:
         return "LF"
-    return "CR" if b"\r" in head else ""
+    return "CR" if "\r" in text else ""
 
 
 def _head_records(head: bytes, encoding: str, delimiter: str, limit: int) -> list[list[str]]:
@@ -444,7 +447,8 @@ def sniff(head: bytes, encoding: str | None = None) -> Sniffed:
     encoding = encoding or detect_encoding(head)
     delimiter = detect_delimiter(head, encoding)
     rows = _head_records(head, encoding, delimiter, PREVIEW_ROWS + 1)
-    return Sniffed(encoding, delimiter, detect_header(rows), line_ending(head), rows)
+    ending = line_ending(head[:65536].decode(encoding, errors="replace"))
+    return Sniffed(encoding, delimiter, detect_header(rows), ending, rows)
 
 
 def preset_mapping(name: str, sniffed: Sniffed) -> Mapping:
@@ -534,7 +538,8 @@ def guess_mapping(sniffed: Sniffed) -> tuple[str, Mapping]:
 
 
 def _decimal(text: str, what: str) -> Decimal:
-    cleaned = text.strip().replace(",", ".")
+    # A currency sign is how some carriers' spreadsheets write every price ($0.012, 0,01 €).
+    cleaned = text.strip().strip("$€£ \u00a0").replace(",", ".")
     try:
         value = Decimal(cleaned)
     except InvalidOperation:
@@ -573,6 +578,8 @@ def prefixes(text: str, *, prepend: str = "", limit: int = MAX_PREFIXES) -> list
     carriers write all the area codes of one price; ``38-41`` is the codes from 38 to 41.
     """
     cleaned = text.strip().lstrip("+")
+    if cleaned.startswith("00"):  # 0049: written with the international call prefix
+        cleaned = cleaned[2:]
     if cleaned.isdigit():
         return [_prefix(prepend + cleaned)]
     head, space, rest = cleaned.partition(" ")
@@ -625,6 +632,20 @@ class _Dates:
                 raise ValueError(f"effective date {text!r} is out of range")
         self.known[text] = parsed
         return parsed
+
+
+def _fits(values: list[str], width: int, needed: int) -> bool:
+    """Whether a line has the fields it should, give or take what carriers' tools leave.
+
+    Spreadsheets add empty fields at the end of some lines (a trailing delimiter) and drop
+    empty trailing ones on others; both are fine while the prefix and the rate are there (the
+    fields left out are empty). A field too many with a value in it is a line out of shape.
+    """
+    if len(values) == width:
+        return True
+    if len(values) > width:
+        return not "".join(values[width:]).strip()
+    return len(values) >= needed
 
 
 class Reader:
@@ -699,13 +720,16 @@ class Reader:
                 if index is None:
                     index = self.index(self.header)
                     width = len(self.header) if self.mapping.header else len(values)
-                    needed = max(index.values()) + 1
-                    if width < needed:
+                    if width < max(index.values()) + 1:
                         raise DeckError(
-                            [f"line {line}: {width} columns, the mapping uses column {needed}"]
+                            [
+                                f"line {line}: {width} columns, the mapping uses column"
+                                f" {max(index.values()) + 1}"
+                            ]
                         )
+                    needed = max(index[k] for k in REQUIRED) + 1
                 self.lines += 1
-                if len(values) != width:
+                if not _fits(values, width, needed):
                     spans = (
                         f" (a quoted field runs from line {line} to line"
                         f" {self._reader.line_num}: is a quote opened and never closed?)"
@@ -714,6 +738,8 @@ class Reader:
                     )
                     self.error(f"line {line}: {len(values)} fields, expected {width}{spans}")
                     continue
+                if len(values) < width:
+                    values += [""] * (width - len(values))  # the empty fields it left out
                 try:
                     yield from self.row(line, values, index)
                 except ValueError as exc:
@@ -733,7 +759,7 @@ class Reader:
             if "connect_fee" in index
             else Decimal(0)
         )
-        if "interval" in index:
+        if "interval" in index and values[index["interval"]].strip():
             text = values[index["interval"]]
             known = self._intervals.get(text)
             if known is None:
@@ -752,7 +778,9 @@ class Reader:
                 else 60
             )
             increment = (
-                _seconds(values[index["increment"]], "increment") if "increment" in index else 60
+                _seconds(values[index["increment"]], "increment")
+                if "increment" in index and values[index["increment"]].strip()
+                else 60
             )
         if increment == 0:
             if not m.zero_is_per_second:
@@ -875,11 +903,12 @@ def preview(head: bytes, mapping: Mapping) -> Preview:
             )
         for line, values in records:
             try:
-                if len(values) != width:
+                if not _fits(values, width, max(index[k] for k in REQUIRED) + 1):
                     raise ValueError(f"{len(values)} fields, expected {width}")
                 if beyond:
                     raise ValueError("a mapped column is missing")
-                rows.append((line, values, reader.row(line, values, index), ""))
+                padded = values + [""] * (width - len(values))
+                rows.append((line, values, reader.row(line, padded, index), ""))
             except ValueError as exc:
                 rows.append((line, values, [], str(exc)))
     used = set(index.values())

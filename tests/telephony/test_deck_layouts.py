@@ -327,3 +327,27 @@ def test_the_staff_page_sees_an_import_progress_and_a_second_import_waits(carrie
     assert any(0 < n < 400_000 for n in seen), seen
     assert Rate.objects.filter(deck=deck).count() == 400_000
     connection.close()
+
+
+def test_what_carriers_spreadsheets_leave_in_a_file_is_read():
+    """Excel's Unicode text (UTF-16, tabs), trailing delimiters on some lines, empty trailing
+    fields dropped on others, 0049 for +49, currency signs on prices."""
+    content = (
+        "Prefix\tDestination\tRate\tIncrement\tConnect_fee\r\n"
+        "0049\tGermany\t$0.010\t60/60\t0\t\r\n"
+        "4930\tBerlin\t0,008 €\t1/1\r\n"
+    ).encode("utf-16")
+    sniffed = decks.sniff(content, decks.detect_encoding(content))
+    assert (sniffed.encoding, sniffed.delimiter, sniffed.line_ending) == ("utf-16", "\t", "CRLF")
+    assert rules(content, "standard") == [
+        (2, "49", "Germany", Decimal("0.010"), Decimal(0), 60, 60, 0),
+        (3, "4930", "Berlin", Decimal("0.008"), Decimal(0), 1, 1, 0),
+    ]
+    # A field too many with something in it is a line out of shape, as is one without a rate.
+    bad = b"prefix,name,price\n49,Germany,0.01,oops\n33,France\n"
+    with pytest.raises(decks.DeckError) as refused:
+        decks.read(bad, detected(bad, "simple"))
+    assert refused.value.errors == [
+        "line 2: 4 fields, expected 3",
+        "line 3: 2 fields, expected 3",
+    ]

@@ -8,6 +8,7 @@ from telephony.models import (
     CallPlan,
     CallRecord,
     Carrier,
+    DeckMapping,
     PinLock,
     RateDeck,
     Trunk,
@@ -39,6 +40,15 @@ class CallPlanAdmin(admin.ModelAdmin):
 class RateDeckAdmin(ReadOnlyAdmin):
     list_display = ("carrier", "version", "effective_from", "state", "rows_done", "source_name")
     exclude = ("content",)
+
+
+@admin.register(DeckMapping)
+class DeckMappingAdmin(admin.ModelAdmin):
+    """Saved mappings are renamed or deleted here; they are made on the deck preview page,
+    where what they read is shown (the JSON is not edited by hand)."""
+
+    list_display = ("carrier", "name", "updated_by", "updated_at")
+    readonly_fields = ("carrier", "mapping", "updated_by", "updated_at")
 
 
 @admin.register(CallRecord)

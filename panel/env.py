@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -173,4 +174,35 @@ def parse_email_url(name: str, url: str) -> dict[str, object]:
             EMAIL_USE_TLS=scheme == "smtp+starttls",
             EMAIL_USE_SSL=scheme == "smtps",
         )
+    return config
+
+
+def parse_database_url(url: str, *, conn_max_age: int) -> dict[str, Any]:
+    """Django's DATABASES entry for DATABASE_URL, several PostgreSQL hosts included.
+
+    ``postgres://u:p@db1:5432,db2:5432/panel?target_session_attrs=read-write`` is libpq's
+    multi-host form: it tries the hosts in turn and keeps the one that takes writes, so a
+    promoted standby is found without a change of settings. dj_database_url reads one host
+    (or several without ports); the hosts and ports go to libpq as its comma lists.
+    """
+    import dj_database_url
+
+    parts = urlsplit(url)
+    hosts = ports = ""
+    if parts.scheme.startswith("postgres") and "," in parts.netloc:
+        credentials, _at, hostlist = parts.netloc.rpartition("@")
+        pairs = []
+        for entry in hostlist.split(","):
+            host, port = entry, ""
+            if not entry.endswith("]") and ":" in entry:
+                host, _colon, port = entry.rpartition(":")
+            if not host or (port and not port.isdigit()):
+                raise ValueError(f"host {entry!r} is not host or host:port")
+            pairs.append((host, port))
+        hosts = ",".join(h.strip("[]") for h, _p in pairs)
+        ports = ",".join(p or "5432" for _h, p in pairs)
+        url = parts._replace(netloc=f"{credentials}{_at}{pairs[0][0]}").geturl()
+    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=conn_max_age))
+    if hosts:
+        config["HOST"], config["PORT"] = hosts, ports
     return config

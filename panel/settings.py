@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -21,6 +20,7 @@ from panel.env import (
     env_list,
     env_path,
     env_str,
+    parse_database_url,
     parse_email_url,
     read_or_create_secret,
 )
@@ -102,7 +102,7 @@ TEMPLATES = [
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{STATE_DIR / 'panel.sqlite3'}")
 try:
     DATABASES = {
-        "default": dj_database_url.parse(
+        "default": parse_database_url(
             DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
         )
     }

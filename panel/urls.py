@@ -49,3 +49,6 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
 ]
+
+# Without the database (a failover), a 503 that says to come back instead of a 500.
+handler500 = "panel.views.errors.server_error"

@@ -444,6 +444,15 @@ def test_the_worker_answers_and_beat_the_fastagi_servers_and_inbound_run(
         cmdline = host.run(["cat", f"/proc/{pid}/cmdline"]).replace("\0", " ")
         assert word in cmdline, cmdline
         assert f"Uid:\t{uid}" in host.run(["cat", f"/proc/{pid}/status"]), service
+    # panel-beat leads (the only host) and runs celery beat as its child.
+    leader = host.run(["cat", "/run/panel-beat.pid"]).strip()
+
+    def beat_child() -> tuple[bool, str]:
+        children = host.run(["cat", f"/proc/{leader}/task/{leader}/children"]).split()
+        lines = [host.run(["cat", f"/proc/{c}/cmdline"]).replace("\0", " ") for c in children]
+        return any("celery" in line and " beat " in line for line in lines), str(lines)
+
+    _eventually(beat_child, timeout=30, what="panel-beat runs no celery beat")
     for port in FASTAGI_PORTS:
         wait_for_port(port, timeout=30, address=deployed.address)
     # The inbound endpoint listens on the host's loopback, out of this machine's reach.

@@ -282,7 +282,14 @@ SYNONYMS: dict[str, set[str]] = {
     "increment": {"billingblock", "increment"},
     "interval": {"taktung", "interval"},
     "free": {"included seconds", "free seconds", "free"},
-    "effective": {"effective_date", "effective date", "startdate", "valid from", "gültig ab"},
+    "effective": {
+        "effective_date",
+        "effective date",
+        "effective",
+        "startdate",
+        "valid from",
+        "gültig ab",
+    },
 }
 
 
@@ -443,9 +450,18 @@ class Sniffed:
         return [h.strip().lower() for h in self.rows[0]] if self.header and self.rows else []
 
 
+SEP_LINE = re.compile(rb"^(?:\xef\xbb\xbf)?sep=([,;|\t])\r?\n?")
+
+
 def sniff(head: bytes, encoding: str | None = None) -> Sniffed:
     encoding = encoding or detect_encoding(head)
-    delimiter = detect_delimiter(head, encoding)
+    said = SEP_LINE.match(head)
+    if said:
+        # Excel's "sep=;" first line names the delimiter; the header comes after it.
+        head = head[said.end() :]
+        delimiter = said.group(1).decode()
+    else:
+        delimiter = detect_delimiter(head, encoding)
     rows = _head_records(head, encoding, delimiter, PREVIEW_ROWS + 1)
     ending = line_ending(head[:65536].decode(encoding, errors="replace"))
     return Sniffed(encoding, delimiter, detect_header(rows), ending, rows)
@@ -490,6 +506,32 @@ def _reads(mapping: Mapping, sniffed: Sniffed) -> int:
     return good
 
 
+def _with_synonyms(mapping: Mapping, sniffed: Sniffed) -> Mapping:
+    """A preset's mapping, with the file's other columns whose names say what they are.
+
+    A "simple" deck with a "valid from" column keeps its dates; a column that is neither is
+    left for the admin (and named on the page as unused).
+    """
+    if not mapping.header:
+        return mapping
+    used = set(mapping.columns.values())
+    blocks = {"initial", "increment", "interval"}
+    for index, title in enumerate(sniffed.header_names):
+        if index in used:
+            continue
+        for key, names in SYNONYMS.items():
+            if title not in names or key in mapping.columns:
+                continue
+            if key in blocks and blocks & set(mapping.columns):
+                continue  # the preset reads the blocks its own way
+            values = [r[index].strip() for r in sniffed.rows[1:6] if index < len(r)]
+            if key == "description" and values and all(v.isdigit() for v in values):
+                continue  # a number is an id (cc_ratecard's destination), not a name
+            mapping.columns[key] = index
+            break
+    return mapping
+
+
 def guess_mapping(sniffed: Sniffed) -> tuple[str, Mapping]:
     """The preset that reads the first lines best, else columns guessed from names or values.
 
@@ -506,7 +548,7 @@ def guess_mapping(sniffed: Sniffed) -> tuple[str, Mapping]:
         if score[:3] > best[:3]:
             best = score
     if best[4] is not None:
-        return best[3], best[4]
+        return best[3], _with_synonyms(best[4], sniffed)
     columns: dict[str, int | str] = {}
     if sniffed.header:
         for index, title in enumerate(sniffed.header_names):
@@ -590,7 +632,9 @@ def prefixes(text: str, *, prepend: str = "", limit: int = MAX_PREFIXES) -> list
         if not part:
             continue
         low, dash, high = part.partition("-")
-        if dash:
+        if dash and low.isdigit() and high.isdigit() and len(low) < len(high) and "," not in rest:
+            codes = [low + high]  # 1-264: a country code and its area code, as NANP decks write
+        elif dash:
             if not (low.isdigit() and high.isdigit() and len(low) == len(high) and low <= high):
                 raise ValueError(f"prefix range {part!r} is not like 38-41")
             codes = [str(n).zfill(len(low)) for n in range(int(low), int(high) + 1)]
@@ -626,12 +670,25 @@ class _Dates:
                 except ValueError:
                     continue
             else:
+                parsed = self._iso(value)
+            if parsed is None:
                 example = DATE_FORMATS.get(self.formats[0], self.formats[0])
                 raise ValueError(f"effective date {text!r} is not like {example}")
             if not 2000 <= parsed.year <= 2100:
                 raise ValueError(f"effective date {text!r} is out of range")
         self.known[text] = parsed
         return parsed
+
+    def _iso(self, value: str) -> datetime | None:
+        """An ISO 8601 time with its offset (2026-12-31T00:00:00Z, a database's +00), for
+        decks dated like that."""
+        if not self.formats[0].startswith("%Y-%m-%d"):
+            return None
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=self.zone)
 
 
 def _fits(values: list[str], width: int, needed: int) -> bool:
@@ -703,12 +760,19 @@ class Reader:
         reader = csv.reader(_text(chunks, self.mapping.encoding), delimiter=self.mapping.delimiter)
         self._reader = reader
         records = _records(reader)
-        if self.mapping.header:
-            for _line, values in records:
-                if "".join(values).strip():
-                    self.header = values
-                    break
-        yield from records
+        first = True
+        for line, values in records:
+            if not "".join(values).strip():
+                continue
+            if first and "".join(values).strip().lower().startswith("sep="):
+                first = False
+                continue  # Excel's line that names the delimiter
+            first = False
+            if self.mapping.header and not self.header:
+                self.header = values
+                continue
+            yield line, values
+        return
 
     def rows(self, chunks: Iterable[bytes]) -> Iterator[DeckRow]:
         width = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -351,3 +352,25 @@ def test_what_carriers_spreadsheets_leave_in_a_file_is_read():
         "line 2: 4 fields, expected 3",
         "line 3: 2 fields, expected 3",
     ]
+
+
+def test_excels_sep_line_dashed_country_codes_and_iso_dates():
+    content = (
+        b"sep=;\r\nprefix;name;price;valid from\r\n"
+        b"1-264;Anguilla;0,10;2025-01-01T00:00:00Z\r\n"
+        b"49 30-31;Berlin;0,01;2025-01-01 00:00:00+00\r\n"
+    )
+    sniffed = decks.sniff(content)
+    assert (sniffed.delimiter, sniffed.header) == (";", True)
+    mapping = detected(content)
+    assert mapping.columns == {"prefix": 0, "description": 1, "per_minute": 2, "effective": 3}
+    found = decks.read(content, mapping)
+    new_year = datetime(2025, 1, 1, tzinfo=dt.UTC)  # as written, not the co-op's midnight
+    assert [(r.line, r.prefix, r.effective) for r in found] == [
+        (3, "1264", new_year),
+        (4, "4930", new_year),
+        (4, "4931", new_year),
+    ]
+    # A range runs upwards between codes of one length; anything else is named.
+    with pytest.raises(ValueError, match="'41-38' is not like 38-41"):
+        decks.prefixes("49 41-38")

@@ -594,7 +594,12 @@ def deck_mapping_save(
 def deck_discard(*, deck_id: int, actor: User) -> bool:
     """Delete an upload that was never imported."""
     deck = RateDeck.objects.defer("content").filter(pk=deck_id, state=DeckState.DRAFT).first()
-    if deck is None or not RateDeck.objects.filter(pk=deck_id, state=DeckState.DRAFT).delete()[0]:
+    return deck is not None and _draft_delete(deck, actor)
+
+
+def _draft_delete(deck: RateDeck, actor: User | None) -> bool:
+    """Delete a draft if it still is one, audited; whether it was."""
+    if not RateDeck.objects.filter(pk=deck.pk, state=DeckState.DRAFT).delete()[0]:
         return False
     audit_record(
         actor=actor,
@@ -722,14 +727,7 @@ def fail_stale_deck_imports(*, now: datetime | None = None) -> int:
         .select_related("carrier")
         .only("pk", "source_name", "version", "carrier__name")
     ):
-        if RateDeck.objects.filter(pk=deck.pk, state=DeckState.DRAFT).delete()[0]:
-            audit_record(
-                actor=None,
-                action="rate_deck.discarded",
-                obj=deck,
-                owner=None,
-                before={"file": deck.source_name, "state": DeckState.DRAFT},
-            )
+        _draft_delete(deck, None)
     return failed
 
 

@@ -691,18 +691,22 @@ class _Dates:
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=self.zone)
 
 
-def _fits(values: list[str], width: int, needed: int) -> bool:
-    """Whether a line has the fields it should, give or take what carriers' tools leave.
+def _shaped(values: list[str], width: int, index: dict[str, int]) -> list[str]:
+    """A line's fields, ``width`` of them, give or take what carriers' tools leave.
 
     Spreadsheets add empty fields at the end of some lines (a trailing delimiter) and drop
     empty trailing ones on others; both are fine while the prefix and the rate are there (the
-    fields left out are empty). A field too many with a value in it is a line out of shape.
+    fields left out are empty). A field too many with a value in it is a line out of shape:
+    ValueError.
     """
     if len(values) == width:
-        return True
+        return values
     if len(values) > width:
-        return not "".join(values[width:]).strip()
-    return len(values) >= needed
+        if not "".join(values[width:]).strip():
+            return values
+    elif len(values) > max(index[k] for k in REQUIRED):
+        return values + [""] * (width - len(values))
+    raise ValueError(f"{len(values)} fields, expected {width}")
 
 
 class Reader:
@@ -791,21 +795,20 @@ class Reader:
                                 f" {max(index.values()) + 1}"
                             ]
                         )
-                    needed = max(index[k] for k in REQUIRED) + 1
                 self.lines += 1
-                if not _fits(values, width, needed):
+                try:
+                    shaped = _shaped(values, width, index)
+                except ValueError as exc:
                     spans = (
                         f" (a quoted field runs from line {line} to line"
                         f" {self._reader.line_num}: is a quote opened and never closed?)"
                         if self._reader.line_num > line
                         else ""
                     )
-                    self.error(f"line {line}: {len(values)} fields, expected {width}{spans}")
+                    self.error(f"line {line}: {exc}{spans}")
                     continue
-                if len(values) < width:
-                    values += [""] * (width - len(values))  # the empty fields it left out
                 try:
-                    yield from self.row(line, values, index)
+                    yield from self.row(line, shaped, index)
                 except ValueError as exc:
                     self.error(f"line {line}: {exc}")
         except DeckError as exc:
@@ -967,12 +970,11 @@ def preview(head: bytes, mapping: Mapping) -> Preview:
             )
         for line, values in records:
             try:
-                if not _fits(values, width, max(index[k] for k in REQUIRED) + 1):
-                    raise ValueError(f"{len(values)} fields, expected {width}")
                 if beyond:
                     raise ValueError("a mapped column is missing")
-                padded = values + [""] * (width - len(values))
-                rows.append((line, values, reader.row(line, padded, index), ""))
+                rows.append(
+                    (line, values, reader.row(line, _shaped(values, width, index), index), "")
+                )
             except ValueError as exc:
                 rows.append((line, values, [], str(exc)))
     used = set(index.values())

@@ -822,41 +822,14 @@ def _deck_copy(deck: RateDeck, progress: _Progress) -> None:
             locked = RateDeck.objects.defer("content").get(pk=deck.pk)
             if locked.state != DeckState.IMPORTING or Rate.objects.filter(deck=deck).exists():
                 return
-            batches = _batches(reader.rows(_content_chunks(deck.pk)), 10_000)
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    for batch in batches:  # the next slice of the file is read between COPYs
-                        progress(reader.lines)
-                        if reader.error_count:
-                            continue  # nothing more is written; the rest is read for errors
-                        # COPY's text format written directly: psycopg's write_row adapts each
-                        # value in Python, which took longer than the database took to store.
-                        with cursor.cursor.copy(
-                            f"COPY telephony_rate ({_RATE_COLUMNS}) FROM STDIN"
-                        ) as copy:
-                            copy.write(_copy_lines(deck, batch))
-                        inserted += len(batch)
-            else:
-                for batch in batches:
-                    if reader.error_count:
-                        continue
-                    Rate.objects.bulk_create(
-                        [
-                            Rate(
-                                deck=deck,
-                                prefix=r.prefix,
-                                description=r.description,
-                                per_minute=r.per_minute,
-                                connect_fee=r.connect_fee,
-                                initial_seconds=r.initial,
-                                increment_seconds=r.increment,
-                                free_seconds=r.free,
-                                effective_from=_row_from(deck, r),
-                            )
-                            for r in batch
-                        ],
-                        batch_size=2000,
-                    )
+            write = _copy_rates if connection.vendor == "postgresql" else _create_rates
+            # The next slice of the file is read between batches (a connection in COPY
+            # answers nothing else); once a line was bad nothing more is written, and the
+            # rest is read for its errors.
+            for batch in _batches(reader.rows(_content_chunks(deck.pk)), 10_000):
+                progress(reader.lines)
+                if not reader.error_count:
+                    write(deck, batch)
                     inserted += len(batch)
             if reader.error_count:
                 # Repeated prefixes too, with the rest (the database found none of them: it
@@ -879,6 +852,36 @@ def _deck_copy(deck: RateDeck, progress: _Progress) -> None:
         # 20,000 rates, 20 ms at 200,000) instead of probing the (deck, prefix) index.
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE telephony_rate")
+
+
+def _copy_rates(deck: RateDeck, batch: list[decks.DeckRow]) -> None:
+    # COPY's text format written directly: psycopg's write_row adapts each value in Python,
+    # which took longer than the database took to store the rows.
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY telephony_rate ({_RATE_COLUMNS}) FROM STDIN") as copy,
+    ):
+        copy.write(_copy_lines(deck, batch))
+
+
+def _create_rates(deck: RateDeck, batch: list[decks.DeckRow]) -> None:
+    Rate.objects.bulk_create(
+        [
+            Rate(
+                deck=deck,
+                prefix=r.prefix,
+                description=r.description,
+                per_minute=r.per_minute,
+                connect_fee=r.connect_fee,
+                initial_seconds=r.initial,
+                increment_seconds=r.increment,
+                free_seconds=r.free,
+                effective_from=_row_from(deck, r),
+            )
+            for r in batch
+        ],
+        batch_size=2000,
+    )
 
 
 def _repeated_prefix(exc: Exception) -> bool:

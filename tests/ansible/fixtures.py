@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.hosts.rootfs import ensure_rootfs
-from tests.hosts.testhost import NetNS, TestHost
+from tests.hosts.testhost import BridgePort, NetNS, TestHost
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / "ansible"
@@ -82,7 +82,7 @@ def start_bare_host(
     workdir: Path,
     root_public_key: str,
     *,
-    netns: NetNS | None = None,
+    netns: NetNS | BridgePort | None = None,
     bind_mounts: list[tuple[Path, str]] | None = None,
 ) -> TestHost:
     """A bare host (sshd only) whose root accepts ``root_public_key``; in a network namespace
@@ -109,43 +109,54 @@ def bare_host(tmp_path: Path, deploy_key: DeployKey) -> Iterator[TestHost]:
         host.stop()
 
 
+def _host_entry(host: TestHost, key: DeployKey, known_hosts: Path) -> dict[str, object]:
+    return {
+        "ansible_host": host.address,
+        "ansible_port": host.ssh_port,
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(key.private),
+        "ansible_ssh_common_args": (
+            f"-o UserKnownHostsFile={known_hosts} "
+            "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+        ),
+    }
+
+
 def run_playbook(
     playbook: str,
-    host: TestHost,
+    host: TestHost | None,
     key: DeployKey,
     *,
-    group: str,
+    group: str = "",
     workdir: Path,
     extra_vars: dict[str, object] | None = None,
     secrets_: dict[str, object] | None = None,
     timeout: float = 1200,
+    groups: dict[str, dict[str, TestHost]] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> PlaybookRun:
-    """ansible-playbook PLAYBOOK against one test host, as host "testnode" in ``group``.
+    """ansible-playbook PLAYBOOK against one test host, as host "testnode" in ``group``, or
+    against several: ``groups`` maps each group to its hosts by inventory name.
 
     ``secrets_`` go into a vault file encrypted with a password made for this run, the way
     the real inventory keeps them.
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    if groups is None:
+        assert host is not None, "one host and its group, or groups"
+        assert group, "one host and its group, or groups"
+        groups = {group: {"testnode": host}}
     known_hosts = workdir / "known_hosts"
-    known_hosts.write_text(f"[{host.address}]:{host.ssh_port} {host.host_key}\n")
+    members = {name: h for hosts in groups.values() for name, h in hosts.items()}
+    known_hosts.write_text(
+        "".join(f"[{h.address}]:{h.ssh_port} {h.host_key}\n" for h in members.values())
+    )
     inventory = workdir / "inventory.json"
     inventory.write_text(
         json.dumps(
             {
-                group: {
-                    "hosts": {
-                        "testnode": {
-                            "ansible_host": host.address,
-                            "ansible_port": host.ssh_port,
-                            "ansible_user": "root",
-                            "ansible_ssh_private_key_file": str(key.private),
-                            "ansible_ssh_common_args": (
-                                f"-o UserKnownHostsFile={known_hosts} "
-                                "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
-                            ),
-                        }
-                    }
-                }
+                name: {"hosts": {n: _host_entry(h, key, known_hosts) for n, h in hosts.items()}}
+                for name, hosts in groups.items()
             }
         )
     )
@@ -154,6 +165,7 @@ def run_playbook(
         "-i",
         str(inventory),
         str(ANSIBLE / playbook),
+        *extra_args,
     ]
     if extra_vars:
         vars_file = workdir / "vars.json"

@@ -14,7 +14,15 @@ from tests.ansible.fixtures import ANSIBLE, BIN, ansible_env
 
 pytestmark = pytest.mark.ansible
 
-PLAYBOOKS = ["site.yml", "panel.yml", "hosting_node.yml", "asterisk_node.yml", "mail_node.yml"]
+PLAYBOOKS = [
+    "site.yml",
+    "db.yml",
+    "db_failover.yml",
+    "panel.yml",
+    "hosting_node.yml",
+    "asterisk_node.yml",
+    "mail_node.yml",
+]
 EXAMPLE = ANSIBLE / "inventory" / "example"
 EXAMPLE_VAULT = EXAMPLE / "group_vars" / "all" / "vault.yml"
 # The example vault's password, as ansible/README.md says; real inventories have their own.

@@ -170,6 +170,154 @@ class NetNS:
         (NETNS_STATE / f"{self.number}.owner").unlink(missing_ok=True)
 
 
+@dataclass
+class BridgePort:
+    """One host's place on a Bridge: a network namespace of its own, joined to the bridge by
+    a veth pair.
+
+    It offers what TestHost needs of a NetNS (``path``, ``address``), so a host started with it
+    reaches every other host on the bridge, and this machine reaches it from ``gateway``.
+    """
+
+    bridge: Bridge
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"commune-br{self.bridge.number}-{self.index}"
+
+    @property
+    def inner(self) -> str:
+        return f"cpbi{self.bridge.number}-{self.index}"
+
+    @property
+    def outer(self) -> str:
+        return f"cpbo{self.bridge.number}-{self.index}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.bridge.prefix}.{10 + self.index}"
+
+    @property
+    def gateway(self) -> str:
+        return self.bridge.gateway
+
+    @property
+    def stranger(self) -> str:
+        return self.bridge.stranger
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    def _add(self) -> None:
+        _ip("netns", "add", self.name)
+        _ip("link", "add", self.outer, "type", "veth", "peer", "name", self.inner)
+        _ip("link", "set", self.inner, "netns", self.name)
+        _ip("link", "set", self.outer, "master", self.bridge.device)
+        _ip("link", "set", self.outer, "up")
+        _ip("-n", self.name, "addr", "add", f"{self.address}/24", "dev", self.inner)
+        _ip("-n", self.name, "link", "set", self.inner, "up")
+        _ip("-n", self.name, "link", "set", "lo", "up")
+
+    def down(self) -> None:
+        """Cut the host off the network, as a pulled cable does: its processes go on, and
+        nothing reaches them or leaves them (connections in progress hang, not reset)."""
+        _ip("link", "set", self.outer, "down")
+
+    def up(self) -> None:
+        _ip("link", "set", self.outer, "up")
+
+    def _remove(self) -> None:
+        _ip("link", "del", self.outer, check=False)
+        _ip("netns", "del", self.name, check=False)
+
+
+@dataclass
+class Bridge:
+    """A bridge on this machine for several test hosts that talk to each other (a cluster).
+
+    10.232.N.0/24: this machine has .1 (``gateway``) and .3 (``stranger``, a source address the
+    hosts do not know) on the bridge, the hosts .10 and up, each in a network namespace of its
+    own (``attach``). Nothing is routed beyond the bridge: the hosts reach each other and this
+    machine, no other network. A firewall a host loads stays in its namespace.
+    """
+
+    number: int
+    ports: list[BridgePort] = field(default_factory=list)
+
+    @property
+    def device(self) -> str:
+        return f"cpbr{self.number}"
+
+    @property
+    def prefix(self) -> str:
+        return f"10.232.{self.number}"
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.prefix}.1"
+
+    @property
+    def stranger(self) -> str:
+        return f"{self.prefix}.3"
+
+    @classmethod
+    def create(cls) -> Bridge:
+        """A new bridge, in a /24 no interface of this machine uses; bridges that killed test
+        sessions left behind go first (as NetNS.create does). Needs root."""
+        NETNS_STATE.mkdir(parents=True, exist_ok=True)
+        with (NETNS_STATE / "lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for owner in NETNS_STATE.glob("bridge-*.owner"):
+                if not _pid_alive(int(owner.read_text().split()[0] or 0)):
+                    stale = cls(int(owner.stem.removeprefix("bridge-")))
+                    for index in owner.read_text().split()[1:]:
+                        BridgePort(stale, int(index))._remove()
+                    stale._remove()
+                    owner.unlink(missing_ok=True)
+            used = _ip("-4", "-o", "addr", "show").stdout
+            taken = {
+                int(p.stem.removeprefix("bridge-")) for p in NETNS_STATE.glob("bridge-*.owner")
+            }
+            for number in range(1, 255):
+                bridge = cls(number)
+                if number in taken or f" {bridge.prefix}." in used:
+                    continue
+                bridge._record()
+                try:
+                    _ip("link", "add", bridge.device, "type", "bridge")
+                    _ip("addr", "add", f"{bridge.gateway}/24", "dev", bridge.device)
+                    _ip("addr", "add", f"{bridge.stranger}/24", "dev", bridge.device)
+                    _ip("link", "set", bridge.device, "up")
+                except Exception:
+                    bridge.close()
+                    raise
+                return bridge
+        raise RuntimeError("no free 10.232.N.0/24 for a test bridge")
+
+    def _record(self) -> None:
+        owner = NETNS_STATE / f"bridge-{self.number}.owner"
+        owner.write_text(" ".join([str(os.getpid()), *(str(p.index) for p in self.ports)]) + "\n")
+
+    def attach(self) -> BridgePort:
+        """A new host's place on the bridge (pass it as a TestHost's netns)."""
+        port = BridgePort(self, len(self.ports))
+        self.ports.append(port)
+        self._record()
+        port._add()
+        return port
+
+    def _remove(self) -> None:
+        _ip("link", "del", self.device, check=False)
+
+    def close(self) -> None:
+        for port in self.ports:
+            port._remove()
+        self._remove()
+        (NETNS_STATE / f"bridge-{self.number}.owner").unlink(missing_ok=True)
+
+
 def _minica(directory: Path) -> tuple[Path, Path, Path]:
     """A throw-away CA and a certificate for 127.0.0.1 / localhost (Pebble's own HTTPS)."""
     now = datetime.datetime.now(datetime.UTC)
@@ -338,7 +486,7 @@ class TestHost:
     bind_mounts: list[tuple[Path, str]] = field(default_factory=list)
     # A network namespace of its own (NetNS): sshd listens on its address instead of
     # 127.0.0.1, and whatever the host does to its network (a firewall) stays there.
-    netns: NetNS | None = None
+    netns: NetNS | BridgePort | None = None
 
     @property
     def address(self) -> str:
